@@ -1,0 +1,102 @@
+"""The data contract of every file under ``results/``, written down once.
+
+Each step reads and writes these shapes; nothing else in the package re-guesses
+them. All files are UTF-8 JSON Lines (one object per line, ``\\n`` endings)
+unless said otherwise, written atomically (see :mod:`logivote.jsonl`).
+
+``results/data/train.jsonl`` and ``results/data/test.jsonl`` — :class:`Question`
+    One line per question, in source order (sources in config order, puzzles in
+    file order, questions in puzzle order). ``answer`` is a letter for training
+    data and ``None`` for test data.
+
+``results/subsets/{k}.jsonl`` — :class:`Question`
+    The training questions of bag ``k``, in that bag's shuffled order.
+
+``results/subsets/{k}.oob.txt`` — plain text
+    The out-of-bag question ids of bag ``k``, one per line, in training-file
+    order (the questions of ``train.jsonl`` that bag ``k`` left out).
+
+``results/predictions/{k}.jsonl`` — :class:`Prediction`
+    One line per test question answered by adapter ``k``.
+
+``results/votes/round1.jsonl`` — :class:`Round1Row`
+    One line per test question, in test order.
+
+``results/votes/round2.jsonl`` — :class:`Round2Row`
+    One line per test question that had no strict majority in round 1.
+
+``results/submission.jsonl`` — :class:`SubmissionPuzzle`
+    The competition format: one line per test puzzle, in input order.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+#: The marker stored instead of a letter when an answer could not be used.
+INVALID = "invalid"
+
+#: Option letters, in order: option ``i`` has letter ``LETTERS[i]``.
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def letters_for(n_options: int) -> list[str]:
+    """The letters of a question with ``n_options`` options: ``A`` … ."""
+    return list(LETTERS[:n_options])
+
+
+class Question(TypedDict):
+    """One flattened question.
+
+    ``qid`` is ``f"{puzzle_id}#{question_index}"``: stable as long as the raw
+    puzzle id and the question's position in its puzzle do not change.
+    """
+
+    qid: str
+    puzzle_id: str
+    question_index: int
+    source: str
+    problem: str
+    question: str
+    options: list[str]
+    answer: str | None
+
+
+class Prediction(TypedDict):
+    """One adapter's answer to one question: a letter of its options or ``"invalid"``."""
+
+    qid: str
+    answer: str
+    logprob: float | None
+
+
+class Round1Row(TypedDict):
+    """Round-1 tally of one question over all adapters (see :mod:`logivote.voting`)."""
+
+    qid: str
+    counts: dict[str, int]
+    n_adapters: int
+    n_valid: int
+    n_invalid: int
+    n_missing: int
+    winner: str | None
+    share: float
+    strict_majority: bool
+
+
+class Round2Row(TypedDict):
+    """Round-2 tally of one question that had no strict majority in round 1."""
+
+    qid: str
+    counts: dict[str, int]
+    n_valid: int
+    n_invalid: int
+
+
+class SubmissionAnswer(TypedDict):
+    answer: str
+
+
+class SubmissionPuzzle(TypedDict):
+    id: str
+    questions: list[SubmissionAnswer]

@@ -1,0 +1,84 @@
+"""Reading and writing JSON Lines with errors that name ``file:line``.
+
+Every reader in the package goes through :func:`iter_jsonl`, so a bad byte, a
+broken line or a line that is not a JSON object is reported the same way
+everywhere. Every writer goes through :func:`atomic_write_jsonl` /
+:func:`atomic_write_text`: the file appears under its final name only when it
+is complete, so an interrupted step never leaves a file that looks done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+class InputError(ValueError):
+    """A problem with an input file, located at ``path:line``."""
+
+    def __init__(self, path: str | os.PathLike[str], line: int | None, message: str) -> None:
+        self.path = str(path)
+        self.line = line
+        self.message = message
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {message}")
+
+
+def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line of a JSONL file.
+
+    Line numbers start at 1. Blank lines (also a trailing newline) are skipped.
+    Raises :class:`InputError` for non-UTF-8 bytes, invalid JSON, a line that is
+    not a JSON object, and a file with no records at all.
+    """
+    seen = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InputError(path, number, f"not valid UTF-8 ({err.reason} at byte {err.start})") from None
+            if not text.strip():
+                continue
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise InputError(path, number, f"invalid JSON: {err.msg} (column {err.colno})") from None
+            if not isinstance(value, dict):
+                raise InputError(path, number, f"expected a JSON object, got {type(value).__name__}")
+            seen += 1
+            yield number, value
+    if seen == 0:
+        raise InputError(path, None, "file is empty: no JSON records")
+
+
+def dumps(record: dict[str, Any]) -> str:
+    """The one JSONL serialisation used for every results file (stable, UTF-8)."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_jsonl(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> int:
+    """Write records one per line, atomically; return the number written."""
+    lines = [dumps(record) for record in records]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return len(lines)
