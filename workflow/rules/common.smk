@@ -1,5 +1,7 @@
 from snakemake.utils import validate
 
+from logivote.models import model_dir
+
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -21,5 +23,26 @@ def subset_files():
     )
 
 
+
+
+def env_file(name):
+    """The conda environment file configured for a rule group (paths are relative to this folder)."""
+    return f"../../{config['envs'][name]}"
+
+
+BASE_MODEL_DIR = model_dir(config["base_model"])
+
+
+def base_model_inputs():
+    """The tiny model's tokenizer is trained on the flattened questions; downloads need no input."""
+    if config["base_model"]["source"] == "tiny":
+        return ["results/data/train.jsonl", "results/data/test.jsonl"]
+    return []
+
+
+def adapter_dirs():
+    return expand("results/adapters/{k}", k=SUBSETS)
+
+
 def all_input():
-    return subset_files()
+    return subset_files() + adapter_dirs()

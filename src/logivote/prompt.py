@@ -1,0 +1,60 @@
+"""The one prompt: what the model sees for a question, in training and in inference.
+
+:func:`chat_messages` is the conversation (system + user turn) sent to the
+model; training renders it with the tokenizer's chat template and appends the
+answer letter, inference sends the same messages to vLLM's chat endpoint,
+which applies the same template. :func:`encode_example` is the training view:
+the loss covers only the answer tokens (the letter and the end-of-turn token).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .contracts import Question, letters_for
+
+SYSTEM = "你是一个严谨的逻辑推理助手。"
+INSTRUCTION = (
+    "请解答下面的逻辑推理选择题。题目给出的事实就是全部事实，没有提到的事实一律视为不成立"
+    "（封闭世界假设）。只回答正确选项的字母，不要解释。"
+)
+
+
+def user_prompt(question: Question) -> str:
+    """The user turn: instruction, puzzle, question and lettered options."""
+    options = "\n".join(f"{letter}. {text}" for letter, text in zip(letters_for(len(question["options"])), question["options"]))
+    return f"{INSTRUCTION}\n\n### 题目\n{question['problem']}\n\n### 问题\n{question['question']}\n{options}\n\n### 答案（只写字母）"
+
+
+def chat_messages(question: Question) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user_prompt(question)}]
+
+
+def prompt_text(tokenizer: Any, question: Question) -> str:
+    """The rendered prompt, ending where the assistant's answer begins."""
+    return str(tokenizer.apply_chat_template(chat_messages(question), tokenize=False, add_generation_prompt=True))
+
+
+def answer_suffix(tokenizer: Any) -> str:
+    """What follows the letter in a finished answer: the end-of-turn token."""
+    return str(tokenizer.eos_token)
+
+
+def encode_example(tokenizer: Any, question: Question, max_len: int) -> dict[str, list[int]] | None:
+    """Token ids and labels for one training question; ``None`` if longer than ``max_len``.
+
+    Prompt and target are tokenized separately and concatenated, so the answer
+    tokens are exactly those of ``letter + eos`` and labels mask the prompt (-100).
+    """
+    if question["answer"] is None:
+        raise ValueError(f"question {question['qid']} has no answer to train on")
+    prompt_ids = tokenizer(prompt_text(tokenizer, question), add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(question["answer"] + answer_suffix(tokenizer), add_special_tokens=False)["input_ids"]
+    input_ids = list(prompt_ids) + list(target_ids)
+    if len(input_ids) > max_len:
+        return None
+    return {
+        "input_ids": input_ids,
+        "attention_mask": [1] * len(input_ids),
+        "labels": [-100] * len(prompt_ids) + list(target_ids),
+    }

@@ -1,0 +1,119 @@
+"""A tiny Qwen2-architecture causal LM built locally: no download, fixed seed.
+
+The tokenizer is a byte-level BPE trained with ``tokenizers`` on the rendered
+prompts of the configured data, with Qwen's special tokens and a Qwen-style
+chat template. Shapes keep head_dim 64, which vLLM's CPU attention supports
+(head_dim 16 crashes it). The same inputs give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+@dataclass(frozen=True)
+class TinyShape:
+    vocab_size: int = 2048
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
+    num_key_value_heads: int = 1
+    max_position_embeddings: int = 2048
+    seed: int = 0
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):  # -> PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=32768,
+    )
+
+
+def build_tiny_model(texts: Iterable[str], out_dir: str | os.PathLike[str], shape: TinyShape = TinyShape()) -> None:
+    """Write a tokenizer and a randomly initialised Qwen2ForCausalLM to ``out_dir`` (atomically)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = train_tokenizer(texts, shape.vocab_size)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
+        max_position_embeddings=shape.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        dtype="float32",
+    )
+    torch.manual_seed(shape.seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.generation_config.pad_token_id = config.pad_token_id
+
+    target = Path(out_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "logivote_tiny.json").write_text(json.dumps(shape.__dict__, indent=1) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("tiny Qwen2 model: %d parameters, vocab %d, written to %s", n_params, len(tokenizer), target)
+
+
+def build_from_questions(question_files: Iterable[str | os.PathLike[str]], out_dir: str | os.PathLike[str], shape: TinyShape) -> None:
+    """The rule's entry point: train the tokenizer on the prompts of the flattened questions."""
+    from .flatten import read_questions
+    from .prompt import SYSTEM, user_prompt
+
+    texts = [SYSTEM]
+    for path in question_files:
+        for question in read_questions(path):
+            texts.append(user_prompt(question))
+            texts.extend(question["options"])
+    texts.extend("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    build_tiny_model(texts, out_dir, shape)
