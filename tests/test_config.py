@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -7,11 +8,28 @@ import pytest
 from .conftest import run_snakemake
 
 
-def test_dry_run_shows_flatten_and_21_subsets(workflow_copy: Path) -> None:
+def job_counts(stdout: str) -> dict[str, str]:
+    rows = (line.split() for line in stdout.split("Job stats:")[1].split("total")[0].splitlines())
+    return {row[0]: row[1] for row in rows if len(row) == 2 and row[1].isdigit()}
+
+
+def test_dry_run_shows_the_dag(workflow_copy: Path) -> None:
     result = run_snakemake(workflow_copy, "-n")
     assert result.returncode == 0, result.stderr
-    counts = dict(line.split() for line in result.stdout.splitlines() if line.split()[:1] in (["flatten"], ["subset"]) and len(line.split()) == 2)
-    assert counts == {"flatten": "1", "subset": "21"}
+    assert job_counts(result.stdout) == {"flatten": "1", "subset": "21", "base_model": "1", "train_lora": "21", "all": "1"}
+
+
+def test_recipe_config_dry_run_downloads_and_trains_on_two_gpus(workflow_copy: Path) -> None:
+    competition = workflow_copy / "resources" / "competition"
+    competition.mkdir()
+    shutil.copy(workflow_copy / "resources" / "data" / "sample_train.jsonl", competition / "round1_train_data.jsonl")
+    shutil.copy(workflow_copy / "resources" / "data" / "sample_test.jsonl", competition / "round1_test_data.jsonl")
+    result = run_snakemake(workflow_copy, "-n", "--configfile", "config/recipe.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert job_counts(result.stdout)["train_lora"] == "21"
+    assert "output: resources/models/Qwen--Qwen2.5-32B-Instruct-GPTQ-Int4" in result.stdout
+    train_jobs = result.stdout.split("rule train_lora:")[1:]
+    assert len(train_jobs) == 21 and all("gpu=2" in job.split("[")[0] for job in train_jobs)
 
 
 @pytest.mark.parametrize(

@@ -101,9 +101,11 @@ def likes_puzzle(rng: random.Random) -> tuple[str, list[QuestionSpec]]:
     foods = rng.sample(FOODS, 5)
     likes = {p: set(rng.sample(foods, rng.choice([1, 2]))) for p in people}
     unloved = [f for f in foods if not any(f in s for s in likes.values())]
-    if not unloved:
-        likes[people[-1]] = set(rng.sample(foods, 1))
+    turn = 0
+    while not unloved:  # every food liked: narrow people down to one food each until one is left over
+        likes[people[-1 - turn % len(people)]] = set(rng.sample(foods, 1))
         unloved = [f for f in foods if not any(f in s for s in likes.values())]
+        turn += 1
     facts = [f"{p}喜欢{f}。" for p in people for f in sorted(likes[p], key=foods.index)]
     rng.shuffle(facts)
     problem = (

@@ -38,6 +38,7 @@ class TinyShape:
     num_key_value_heads: int = 1
     max_position_embeddings: int = 2048
     seed: int = 0
+    dtype: str = "float32"
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int):  # -> PreTrainedTokenizerFast
@@ -70,7 +71,7 @@ def build_tiny_model(texts: Iterable[str], out_dir: str | os.PathLike[str], shap
 
     tokenizer = train_tokenizer(texts, shape.vocab_size)
     config = Qwen2Config(
-        vocab_size=len(tokenizer),
+        vocab_size=max(len(tokenizer), shape.vocab_size),  # ids beyond the tokenizer stay unused, as in Qwen
         hidden_size=shape.hidden_size,
         intermediate_size=shape.intermediate_size,
         num_hidden_layers=shape.num_hidden_layers,
@@ -81,10 +82,10 @@ def build_tiny_model(texts: Iterable[str], out_dir: str | os.PathLike[str], shap
         bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        dtype="float32",
+        dtype=shape.dtype,
     )
     torch.manual_seed(shape.seed)
-    model = Qwen2ForCausalLM(config)
+    model = Qwen2ForCausalLM(config).to(getattr(torch, shape.dtype))
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = config.pad_token_id
 

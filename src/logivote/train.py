@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,8 +133,12 @@ def train_adapter(
     out_dir: str | os.PathLike[str],
     checkpoint_dir: str | os.PathLike[str],
     settings: TrainSettings,
+    callbacks: Sequence[Any] = (),
 ) -> Any:
-    """Train one adapter; return the trained peft model (in memory, for checks)."""
+    """Train one adapter; return the trained peft model (in memory, for checks).
+
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (benchmarks use them).
+    """
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
@@ -194,6 +199,7 @@ def train_adapter(
         args=args,
         train_dataset=examples,
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True),
+        callbacks=list(callbacks),
     )
     result = trainer.train(resume_from_checkpoint=resume)
     log.info("training done: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()})
