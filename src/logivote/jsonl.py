@@ -9,6 +9,7 @@ is complete, so an interrupted step never leaves a file that looks done.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -82,3 +83,12 @@ def atomic_write_jsonl(path: str | os.PathLike[str], records: Iterable[dict[str,
     lines = [dumps(record) for record in records]
     atomic_write_text(path, "".join(line + "\n" for line in lines))
     return len(lines)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes (fingerprints of data, models and adapters)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .flatten import read_questions
+from .jsonl import sha256_file
 from .prompt import encode_example
 
 log = logging.getLogger(__name__)
@@ -74,22 +75,14 @@ def resolve_dtype(name: str, on_gpu: bool) -> Any:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def _sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fingerprint(settings: TrainSettings, subset_path: str | os.PathLike[str], base_dir: str | os.PathLike[str]) -> str:
     """What a checkpoint must match to be resumed (threads/gpus excluded: they do not change the math)."""
     knobs = {k: v for k, v in asdict(settings).items() if k not in ("threads", "gpus", "logging_steps")}
     base_config = Path(base_dir) / "config.json"
     payload = {
         "settings": knobs,
-        "subset": _sha256(subset_path),
-        "base": _sha256(base_config) if base_config.exists() else str(base_dir),
+        "subset": sha256_file(subset_path),
+        "base": sha256_file(base_config) if base_config.exists() else str(base_dir),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

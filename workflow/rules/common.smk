@@ -44,5 +44,12 @@ def adapter_dirs():
     return expand("results/adapters/{k}", k=SUBSETS)
 
 
+ANSWER_CACHE = "results/cache/answers.jsonl"
+
+
+def prediction_files():
+    return expand("results/predictions/{k}.jsonl", k=SUBSETS)
+
+
 def all_input():
-    return subset_files() + adapter_dirs()
+    return ["results/submission.jsonl"]

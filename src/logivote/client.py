@@ -1,0 +1,182 @@
+"""The HTTP client: many threads asking one server for one constrained letter each.
+
+Every request is a chat completion for one (adapter, question, sample) with
+the shared prompt (:func:`logivote.prompt.chat_messages`), ``max_tokens: 1``
+and ``structured_outputs: {"choice": <that question's letters>}``, with
+logprobs. A reply that is not one of the letters is stored as ``"invalid"``
+and counted, never a crash. Failed requests are retried with exponential
+backoff; each answer is appended to a cache file as it arrives, so a rerun
+after a crash asks only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from tqdm import tqdm
+
+from .contracts import INVALID, Question, letters_for
+from .jsonl import dumps
+from .prompt import chat_messages
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One request: ``model`` is the server's name for the adapter; ``fingerprint`` identifies its weights."""
+
+    model: str
+    fingerprint: str
+    question: Question
+    sample: int = 0
+    temperature: float = 0.0
+    seed: int | None = None
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": chat_messages(self.question),
+            "max_tokens": 1,
+            "temperature": self.temperature,
+            "logprobs": True,
+            "top_logprobs": 5,
+            "structured_outputs": {"choice": letters_for(len(self.question["options"]))},
+        }
+        if self.seed is not None:
+            body["seed"] = self.seed
+        return body
+
+    @property
+    def key(self) -> str:
+        """Cache key: adapter weights, question id, sample and the exact request (a changed prompt or adapter is asked again)."""
+        payload = json.dumps([self.fingerprint, self.question["qid"], self.sample, self.body()], ensure_ascii=False, sort_keys=True)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Answer:
+    model: str
+    qid: str
+    sample: int
+    answer: str  # a letter of the question's options, or "invalid"
+    logprob: float | None
+
+
+def parse_reply(body: dict[str, Any], letters: Sequence[str]) -> tuple[str, float | None]:
+    """The answer letter (or ``"invalid"``) and its logprob from a chat-completion reply."""
+    try:
+        choice = body["choices"][0]
+        text = (choice["message"].get("content") or "").strip()
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return INVALID, None
+    logprob = None
+    try:
+        logprob = float(choice["logprobs"]["content"][0]["logprob"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        pass
+    return (text, logprob) if text in letters else (INVALID, None)
+
+
+class AnswerCache:
+    """Append-only JSONL cache of answers keyed by :attr:`Ask.key` (safe across threads and crashes)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self.entries: dict[str, Answer] = {}
+        if self.path.exists():
+            for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+                try:
+                    row = json.loads(line)
+                    self.entries[row["key"]] = Answer(row["model"], row["qid"], row["sample"], row["answer"], row["logprob"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    log.warning("%s:%d: unreadable cache line (cut off by a crash?): ignored", self.path, number)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "a", encoding="utf-8")
+
+    def add(self, key: str, answer: Answer) -> None:
+        line = dumps({"key": key, **answer.__dict__})
+        with self._lock:
+            self.entries[key] = answer
+            self._handle.write(line + "\n")
+            self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Config key ``client`` (config/README.md)."""
+
+    threads: int = 64
+    timeout_s: float = 120.0
+    retries: int = 5
+    backoff_s: float = 0.5
+
+
+class RequestFailed(RuntimeError):
+    pass
+
+
+def ask_one(session: requests.Session, url: str, ask: Ask, settings: ClientSettings, alive: Callable[[], None]) -> Answer:
+    """POST one request, retrying with exponential backoff; ``alive()`` raises if the server is gone."""
+    letters = letters_for(len(ask.question["options"]))
+    error: Exception | None = None
+    for attempt in range(settings.retries + 1):
+        alive()
+        try:
+            response = session.post(f"{url}/v1/chat/completions", json=ask.body(), timeout=settings.timeout_s)
+            if response.status_code == 200:
+                answer, logprob = parse_reply(response.json(), letters)
+                return Answer(ask.model, ask.question["qid"], ask.sample, answer, logprob)
+            if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
+                raise RequestFailed(f"{ask.model} {ask.question['qid']}: HTTP {response.status_code}: {response.text[:300]}")
+            error = RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+        except (requests.ConnectionError, requests.Timeout, ValueError) as err:
+            error = err
+        if attempt < settings.retries:
+            time.sleep(settings.backoff_s * 2**attempt)
+    alive()
+    raise RequestFailed(f"{ask.model} {ask.question['qid']}: failed after {settings.retries + 1} attempts: {error}")
+
+
+def ask_all(url: str, asks: Sequence[Ask], cache: AnswerCache, settings: ClientSettings,
+            alive: Callable[[], None] = lambda: None, desc: str = "answers") -> dict[str, Answer]:
+    """Answer every ask (cached ones are not sent again); return answers by :attr:`Ask.key`."""
+    todo = [ask for ask in asks if ask.key not in cache.entries]
+    log.info("%d requests: %d cached, %d to ask with %d threads", len(asks), len(asks) - len(todo), len(todo), settings.threads)
+    local = threading.local()
+
+    def work(ask: Ask) -> None:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        cache.add(ask.key, ask_one(local.session, url, ask, settings, alive))
+
+    if todo:
+        started = time.monotonic()
+        with tqdm(total=len(todo), desc=desc, unit="req", mininterval=1.0) as bar, ThreadPoolExecutor(settings.threads) as pool:
+            futures = [pool.submit(work, ask) for ask in todo]
+            for future in futures:
+                future.add_done_callback(lambda _f: bar.update(1))
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in done if f.exception() is not None]
+            if failed:
+                for future in futures:
+                    future.cancel()
+                raise failed[0].exception()  # type: ignore[misc]
+        elapsed = time.monotonic() - started
+        log.info("asked %d in %.1f s (%.1f answers/s)", len(todo), elapsed, len(todo) / max(elapsed, 1e-9))
+    return {ask.key: cache.entries[ask.key] for ask in asks}

