@@ -104,3 +104,8 @@ def test_cache_key_changes_with_adapter_weights_and_request() -> None:
 ])
 def test_parse_reply(reply: dict, expected: tuple) -> None:
     assert parse_reply(reply, ["A", "B", "C", "D"]) == expected
+
+
+@pytest.mark.parametrize("text, expected", [("B", "B"), ("答案是C。", "C"), ("A or B", "A"), ("Answer", "invalid"), ("E", "invalid"), ("", "invalid")])
+def test_parse_free_text_the_recipes_way(text: str, expected: str) -> None:
+    assert parse_reply({"choices": [{"message": {"content": text}}]}, ["A", "B", "C", "D"], free_text=True)[0] == expected

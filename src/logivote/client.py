@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +44,7 @@ class Ask:
     sample: int = 0
     temperature: float = 0.0
     seed: int | None = None
+    free_text_tokens: int = 0  # > 0: the recipe's way, free generation of up to this many tokens, letter parsed from text
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -54,6 +56,9 @@ class Ask:
             "top_logprobs": 5,
             "structured_outputs": {"choice": letters_for(len(self.question["options"]))},
         }
+        if self.free_text_tokens:
+            body["max_tokens"] = self.free_text_tokens
+            del body["structured_outputs"]
         if self.seed is not None:
             body["seed"] = self.seed
         return body
@@ -74,13 +79,19 @@ class Answer:
     logprob: float | None
 
 
-def parse_reply(body: dict[str, Any], letters: Sequence[str]) -> tuple[str, float | None]:
-    """The answer letter (or ``"invalid"``) and its logprob from a chat-completion reply."""
+def parse_reply(body: dict[str, Any], letters: Sequence[str], free_text: bool = False) -> tuple[str, float | None]:
+    """The answer letter (or ``"invalid"``) and its logprob from a chat-completion reply.
+
+    ``free_text``: the reply is free generation; its first standalone capital letter is the answer.
+    """
     try:
         choice = body["choices"][0]
         text = (choice["message"].get("content") or "").strip()
     except (KeyError, IndexError, TypeError, AttributeError):
         return INVALID, None
+    if free_text:
+        found = re.search(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])", text)
+        return (found.group(1), None) if found and found.group(1) in letters else (INVALID, None)
     logprob = None
     try:
         logprob = float(choice["logprobs"]["content"][0]["logprob"])
@@ -140,7 +151,7 @@ def ask_one(session: requests.Session, url: str, ask: Ask, settings: ClientSetti
         try:
             response = session.post(f"{url}/v1/chat/completions", json=ask.body(), timeout=settings.timeout_s)
             if response.status_code == 200:
-                answer, logprob = parse_reply(response.json(), letters)
+                answer, logprob = parse_reply(response.json(), letters, free_text=ask.free_text_tokens > 0)
                 return Answer(ask.model, ask.question["qid"], ask.sample, answer, logprob)
             if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
                 raise RequestFailed(f"{ask.model} {ask.question['qid']}: HTTP {response.status_code}: {response.text[:300]}")

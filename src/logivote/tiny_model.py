@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from .jsonl import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -89,21 +87,12 @@ def build_tiny_model(texts: Iterable[str], out_dir: str | os.PathLike[str], shap
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = config.pad_token_id
 
-    target = Path(out_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "logivote_tiny.json").write_text(json.dumps(shape.__dict__, indent=1) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("tiny Qwen2 model: %d parameters, vocab %d, written to %s", n_params, len(tokenizer), target)
+    log.info("tiny Qwen2 model: %d parameters, vocab %d, written to %s", n_params, len(tokenizer), out_dir)
 
 
 def build_from_questions(question_files: Iterable[str | os.PathLike[str]], out_dir: str | os.PathLike[str], shape: TinyShape) -> None:

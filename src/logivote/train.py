@@ -21,14 +21,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .flatten import read_questions
-from .jsonl import sha256_file
+from .jsonl import atomic_directory, sha256_file
 from .prompt import encode_example
 
 log = logging.getLogger(__name__)
@@ -197,21 +196,12 @@ def train_adapter(
     result = trainer.train(resume_from_checkpoint=resume)
     log.info("training done: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()})
 
-    target = Path(out_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)
         (tmp / "logivote_train.json").write_text(json.dumps(
             {"settings": asdict(settings), "examples": len(examples), "metrics": result.metrics}, indent=1, default=str) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     shutil.rmtree(ckpt, ignore_errors=True)
-    log.info("adapter written to %s", target)
+    log.info("adapter written to %s", out_dir)
     return model
 
 
