@@ -16,7 +16,10 @@ def job_counts(stdout: str) -> dict[str, str]:
 def test_dry_run_shows_the_dag(workflow_copy: Path) -> None:
     result = run_snakemake(workflow_copy, "-n")
     assert result.returncode == 0, result.stderr
-    assert job_counts(result.stdout) == {"flatten": "1", "subset": "21", "base_model": "1", "train_lora": "21", "all": "1"}
+    assert job_counts(result.stdout) == {
+        "flatten": "1", "subset": "21", "base_model": "1", "train_lora": "21",
+        "predict": "1", "vote": "1", "revote": "1", "submission": "1", "all": "1",
+    }
 
 
 def test_recipe_config_dry_run_downloads_and_trains_on_two_gpus(workflow_copy: Path) -> None:
