@@ -111,3 +111,28 @@ def test_killed_server_fails_the_rule_and_the_rerun_asks_only_what_is_missing(tm
     cached, to_ask = map(int, re.search(r"(\d+) cached, (\d+) to ask", log).groups())
     assert cached == answered_before and cached + to_ask == n_requests
     assert (workdir / "results/submission.jsonl").read_bytes() == expected
+
+
+def test_ctrl_c_during_predict_leaves_no_server_behind(full_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    workdir, result = full_run
+    assert result.returncode == 0
+    for stale in ("results/predictions", "results/cache"):
+        shutil.rmtree(workdir / stale)
+    # Ctrl-C in a terminal sends SIGINT to the whole foreground process group: do the same
+    run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=workdir, start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = workdir / "logs/predict.log"
+    deadline = time.monotonic() + 300
+    while not (log.exists() and "healthy after" in log.read_text()):
+        assert run.poll() is None, "snakemake ended before the server was up"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    (pid,) = server_pids(workdir)
+    os.killpg(run.pid, signal.SIGINT)
+    run.communicate(timeout=120)
+    assert run.returncode != 0
+    deadline = time.monotonic() + 30
+    while processes_in_group(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not processes_in_group(pid), "a vLLM process outlived Ctrl-C"
+    assert not (workdir / "results/predictions/0.jsonl").exists()
