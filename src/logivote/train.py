@@ -158,6 +158,11 @@ def train_adapter(
         lora_dropout=settings.lora_dropout,
         target_modules=list(settings.target_modules),
     ))
+    if torch.cuda.is_available() and settings.gpus > 0:
+        devices = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+        log.info("CUDA_VISIBLE_DEVICES=%s: %s", os.environ.get("CUDA_VISIBLE_DEVICES"),
+                 ", ".join(f"cuda:{i} {d.name} GPU-{d.uuid}" for i, d in enumerate(devices)))
+        log.info("model placement: %s", sorted({str(p.device) for p in model.parameters()}))
     trainable, total = model.get_nb_trainable_parameters()
     log.info("LoRA: %d trainable of %d parameters (%.3f %%)", trainable, total, 100 * trainable / total)
 

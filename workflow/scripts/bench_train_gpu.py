@@ -32,6 +32,9 @@ SHAPES = {
     # Qwen2.5-0.5B-Instruct's shape
     "qwen0.5b": TinyShape(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                           num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, dtype="bfloat16"),
+    # Qwen2.5-32B-Instruct's shape, 8 of its 64 layers (split over two GPUs with --gpus 2)
+    "qwen32b-8layers": TinyShape(vocab_size=152064, hidden_size=5120, intermediate_size=27648, num_hidden_layers=8,
+                                 num_attention_heads=40, num_key_value_heads=8, max_position_embeddings=32768, dtype="bfloat16"),
     # Qwen2.5-32B-Instruct's shape, 4 of its 64 layers
     "qwen32b-4layers": TinyShape(vocab_size=152064, hidden_size=5120, intermediate_size=27648, num_hidden_layers=4,
                                  num_attention_heads=40, num_key_value_heads=8, max_position_embeddings=32768, dtype="bfloat16"),
@@ -91,7 +94,7 @@ def padded_questions(n: int, target_tokens: int, tokenizer_chars_per_token: floa
     return out[:n]
 
 
-def run_case(name: str, seq_tokens: int, steps: int, workdir: Path, gradient_checkpointing: bool) -> dict:
+def run_case(name: str, seq_tokens: int, steps: int, workdir: Path, gradient_checkpointing: bool, gpus: int = 1) -> dict:
     shape = SHAPES[name]
     on_gpu = torch.cuda.is_available()
     base = workdir / f"base-{name}"
@@ -112,11 +115,13 @@ def run_case(name: str, seq_tokens: int, steps: int, workdir: Path, gradient_che
     atomic_write_jsonl(subset, questions)
     settings = TrainSettings(epochs=2, batch_size=1, grad_accum=1, learning_rate=1e-4, max_len=max(1800, seq_tokens + 200),
                              save_steps=10_000, logging_steps=50, dtype="bfloat16" if on_gpu else "float32",
-                             gpus=1 if on_gpu else 0, threads=4,
+                             gpus=gpus if on_gpu else 0, threads=4,
                              gradient_checkpointing=gradient_checkpointing)
     timer = StepTimer()
     if on_gpu:
-        torch.cuda.reset_peak_memory_stats()
+        for i in range(torch.cuda.device_count()):
+            torch.empty(0, device=f"cuda:{i}")  # a device's allocator must exist before its stats can be reset
+            torch.cuda.reset_peak_memory_stats(i)
     start = time.perf_counter()
     model = train_adapter(base, subset, workdir / f"adapter-{name}", workdir / f"ckpt-{name}", settings, callbacks=[timer])
     wall = time.perf_counter() - start
@@ -140,6 +145,9 @@ def run_case(name: str, seq_tokens: int, steps: int, workdir: Path, gradient_che
         "wall_incl_load_s": wall,
         "tokens_per_s": total_tokens / runtime,
         "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None,
+        "gpus": gpus if on_gpu else 0,
+        "peak_gpu_mem_gib_per_gpu": [torch.cuda.max_memory_allocated(i) / 2**30 for i in range(torch.cuda.device_count())] if on_gpu else [],
+        "model_devices": sorted({str(p.device) for p in model.parameters()}),
         "timed_steps": timer.steps,
         "share_forward": counted["forward"] / counted["step_total"],
         "share_backward": counted["backward"] / counted["step_total"],
@@ -159,11 +167,12 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=["qwen0.5b:700:300", "qwen0.5b:1800:200", "qwen32b-4layers:1800:200"],
                         help="shape:seq_tokens:steps")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs per training; >1 spreads the model over them (device_map=auto)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.cases:
             name, seq, steps = case.split(":")
-            result = run_case(name, int(seq), int(steps), Path(tmp), args.gradient_checkpointing)
+            result = run_case(name, int(seq), int(steps), Path(tmp), args.gradient_checkpointing, args.gpus)
             line = dumps(result)
             print(line, flush=True)
             with open(args.out, "a", encoding="utf-8") as handle:
