@@ -17,14 +17,6 @@ def source_paths():
     return [source["path"] for source in config["sources"]]
 
 
-def subset_files():
-    return expand(
-        ["results/subsets/{k}.jsonl", "results/subsets/{k}.oob.txt"], k=SUBSETS
-    )
-
-
-
-
 def env_file(name):
     """The conda environment file configured for a rule group (paths are relative to this folder)."""
     return f"../../{config['envs'][name]}"
