@@ -78,7 +78,8 @@ def test_two_clones_give_byte_identical_subsets(tmp_path: Path, workflow_copy: P
     shutil.copytree(workflow_copy, other)
     for root in (workflow_copy, other):
         (root / "three.yaml").write_text("bagging: {n_subsets: 3, fraction: 0.8, base_seed: 2024}\n")
-        result = run_snakemake(root, "--configfile", "three.yaml")
+        targets = [f"results/subsets/{k}.{ext}" for k in range(3) for ext in ("jsonl", "oob.txt")]
+        result = run_snakemake(root, *targets, "--configfile", "three.yaml")
         assert result.returncode == 0, result.stderr
     first, second = digests(workflow_copy), digests(other)
     assert sorted(first) == ["0.jsonl", "0.oob.txt", "1.jsonl", "1.oob.txt", "2.jsonl", "2.oob.txt"]
