@@ -11,6 +11,7 @@ after a crash asks only what is missing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -63,9 +64,12 @@ class Ask:
             body["seed"] = self.seed
         return body
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
-        """Cache key: adapter weights, question id, sample and the exact request (a changed prompt or adapter is asked again)."""
+        """Cache key: adapter weights, question id, sample and the exact request (a changed prompt or adapter is asked again).
+
+        Computed once per ask (it hashes the whole prompt) and looked up several times.
+        """
         payload = json.dumps([self.fingerprint, self.question["qid"], self.sample, self.body()], ensure_ascii=False, sort_keys=True)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
