@@ -105,14 +105,12 @@ def _prepare_checkpoints(checkpoint_dir: Path, print_: str) -> str | None:
     return None
 
 
-def load_base(base_dir: str | os.PathLike[str], settings: TrainSettings) -> tuple[Any, Any]:
+def load_base(base_dir: str | os.PathLike[str], dtype: Any, on_gpu: bool) -> tuple[Any, Any]:
     """Tokenizer and base model (GPTQ checkpoints load through transformers + gptqmodel)."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    on_gpu = settings.gpus > 0 and torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    kwargs: dict[str, Any] = {"dtype": resolve_dtype(settings.dtype, on_gpu)}
+    kwargs: dict[str, Any] = {"dtype": dtype}
     if on_gpu:
         kwargs["device_map"] = "auto"  # spreads the layers over every visible GPU
     model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
@@ -137,7 +135,9 @@ def train_adapter(
 
     torch.set_num_threads(settings.threads)
     set_seed(settings.seed)
-    tokenizer, model = load_base(base_dir, settings)
+    on_gpu = settings.gpus > 0 and torch.cuda.is_available()
+    dtype = resolve_dtype(settings.dtype, on_gpu)
+    tokenizer, model = load_base(base_dir, dtype, on_gpu)
 
     questions = read_questions(subset_path)
     examples = [e for e in (encode_example(tokenizer, q, settings.max_len) for q in questions) if e is not None]
@@ -158,7 +158,7 @@ def train_adapter(
         lora_dropout=settings.lora_dropout,
         target_modules=list(settings.target_modules),
     ))
-    if torch.cuda.is_available() and settings.gpus > 0:
+    if on_gpu:
         devices = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
         log.info("CUDA_VISIBLE_DEVICES=%s: %s", os.environ.get("CUDA_VISIBLE_DEVICES"),
                  ", ".join(f"cuda:{i} {d.name} GPU-{d.uuid}" for i, d in enumerate(devices)))
@@ -168,7 +168,6 @@ def train_adapter(
 
     ckpt = Path(checkpoint_dir)
     resume = _prepare_checkpoints(ckpt, fingerprint(settings, subset_path, base_dir))
-    dtype = resolve_dtype(settings.dtype, settings.gpus > 0 and torch.cuda.is_available())
     args = TrainingArguments(
         output_dir=str(ckpt),
         per_device_train_batch_size=settings.batch_size,
@@ -185,7 +184,7 @@ def train_adapter(
         data_seed=settings.seed,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
-        use_cpu=settings.gpus == 0 or not torch.cuda.is_available(),
+        use_cpu=not on_gpu,
         report_to="none",
         dataloader_num_workers=0,
         remove_unused_columns=False,
