@@ -26,10 +26,7 @@ DEFAULT_LOCK_DIR = ".snakemake/gpu-locks"
 
 
 def count_gpus() -> int:
-    """GPUs on this host: ``CUDA_VISIBLE_DEVICES`` if set, else ``nvidia-smi -L``, else 0."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip()])
+    """GPUs on this host by ``nvidia-smi -L`` (0 without it)."""
     try:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
@@ -38,6 +35,7 @@ def count_gpus() -> int:
 
 
 def _host_devices(total: int | None) -> list[str]:
+    """The pool to choose from: ``total`` fake GPUs, else ``CUDA_VISIBLE_DEVICES`` if set, else every GPU."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and total is None:
         return [d.strip() for d in visible.split(",") if d.strip()]
