@@ -22,6 +22,7 @@ from typing import Any
 from .client import Ask, AnswerCache, ClientSettings, ask_all
 from .contracts import Prediction, Round1Row, Round2Row
 from .flatten import read_questions
+from .gpus import gpu_slots
 from .jsonl import atomic_write_jsonl, iter_jsonl, sha256_file
 from .server import ServerSpec, VllmServer
 from .voting import final_answers, needs_revote, read_predictions, tally_round1, tally_round2, write_submission
@@ -68,8 +69,6 @@ def _serve_and_ask(base_dir: str, adapters: Mapping[str, str], asks: Sequence[As
         if all(ask.key in cache.entries for ask in asks):
             log.info("all %d answers are cached: no server needed", len(asks))
             return ask_all("", asks, cache, client, desc=desc)
-        from .gpus import gpu_slots
-
         with gpu_slots(serve.gpus), VllmServer(serve.spec(base_dir, adapters), server_log) as server:
             return ask_all(server.url, asks, cache, client, alive=server.check_alive, desc=desc)
     finally:
