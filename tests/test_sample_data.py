@@ -16,7 +16,7 @@ DATA = REPO / "resources" / "data"
 def test_committed_sample_is_what_the_generator_writes(tmp_path: Path) -> None:
     write_sample(tmp_path)
     for name in ("sample_train.jsonl", "sample_test.jsonl"):
-        assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), f"regenerate {name}: python workflow/scripts/make_sample_data.py"
+        assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), f"regenerate {name}: python -m logivote.sample_data"
 
 
 def test_sample_is_big_enough_and_valid() -> None:

@@ -185,3 +185,9 @@ def write_sample(directory: str | Path, n_train: int = 40, n_test: int = 12, see
     directory = Path(directory)
     atomic_write_jsonl(directory / "sample_train.jsonl", make_puzzles("sample_train", n_train, seed, True))
     atomic_write_jsonl(directory / "sample_test.jsonl", make_puzzles("sample_test", n_test, seed + 1, False))
+
+
+if __name__ == "__main__":  # python -m logivote.sample_data [OUT_DIR]: regenerate resources/data/
+    import sys
+
+    write_sample(sys.argv[1] if len(sys.argv) > 1 else "resources/data")

@@ -6,7 +6,7 @@ download), writes synthetic puzzles padded to a target prompt length, and runs
 for a few hundred steps. Prints one JSON line per case: tokens/s, peak GPU
 memory and where the step time goes (forward, backward, optimizer, rest).
 
-    python workflow/scripts/bench_train_gpu.py --out bench.jsonl [--cases qwen0.5b qwen32b-4layers]
+    python -m logivote.bench.train_gpu --out bench.jsonl [--cases qwen0.5b qwen32b-4layers]
 """
 
 from __future__ import annotations

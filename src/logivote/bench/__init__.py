@@ -1,0 +1,7 @@
+"""Benchmarks (not tests): each module is run with ``python -m logivote.bench.<name>`` and feeds one
+README table. They print ratios and raw figures; nothing here is imported by the workflow.
+
+- :mod:`logivote.bench.inference` — README "Inference: the recipe's way against ours" and "Prefix reuse".
+- :mod:`logivote.bench.train_gpu` — README "Training on a GPU".
+- :mod:`logivote.bench.two_gpus` — README "Two GPUs".
+"""
