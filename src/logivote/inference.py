@@ -38,6 +38,8 @@ class ServeSettings:
     max_model_len: int = 2048
     max_loras: int = 4
     max_lora_rank: int = 8
+    prefix_caching: bool = True
+    block_size: int | None = None
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     health_timeout_s: float = 600.0
@@ -46,7 +48,8 @@ class ServeSettings:
 
     def spec(self, base_dir: str, adapters: Mapping[str, str]) -> ServerSpec:
         return ServerSpec(model=base_dir, adapters=adapters, dtype=self.dtype, max_model_len=self.max_model_len,
-                          max_loras=self.max_loras, max_lora_rank=self.max_lora_rank, extra_args=self.extra_args,
+                          max_loras=self.max_loras, max_lora_rank=self.max_lora_rank, prefix_caching=self.prefix_caching,
+                          block_size=self.block_size, extra_args=self.extra_args,
                           env={k: str(v) for k, v in self.env.items()}, health_timeout_s=self.health_timeout_s)
 
 
@@ -61,9 +64,27 @@ def _adapter_fingerprints(base_dir: str, adapters: Mapping[str, str]) -> dict[st
             for name, path in adapters.items()}
 
 
+def prefix_order(asks: Sequence[Ask]) -> list[Ask]:
+    """The order requests are sent in: adapter by adapter, and within an adapter puzzle by puzzle.
+
+    The KV cache is per adapter (the LoRA weights change the keys and values), and every question
+    of a puzzle starts with the same system turn, instruction and puzzle text
+    (:func:`logivote.prompt.user_prompt`). Sending one adapter's questions of one puzzle close
+    together lets vLLM's prefix cache serve the shared part of all but the first from memory.
+    Stable: adapters and puzzles keep their first-seen order, a question's samples stay together.
+    """
+    adapter_rank: dict[str, int] = {}
+    puzzle_rank: dict[str, int] = {}
+    for ask in asks:
+        adapter_rank.setdefault(ask.model, len(adapter_rank))
+        puzzle_rank.setdefault(ask.question["puzzle_id"], len(puzzle_rank))
+    return sorted(asks, key=lambda a: (adapter_rank[a.model], puzzle_rank[a.question["puzzle_id"]], a.question["question_index"], a.sample))
+
+
 def _serve_and_ask(base_dir: str, adapters: Mapping[str, str], asks: Sequence[Ask], cache_path: str,
                    serve: ServeSettings, client: ClientSettings, server_log: str, desc: str) -> dict[str, Any]:
     """Start the server only if something is missing from the cache; answers by ask key."""
+    asks = prefix_order(asks)
     cache = AnswerCache(cache_path)
     try:
         if all(ask.key in cache.entries for ask in asks):
@@ -81,7 +102,6 @@ def predict(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, out_
     questions = read_questions(test_path)
     adapters = {adapter_name(k): d for k, d in adapter_dirs.items()}
     prints = _adapter_fingerprints(base_dir, adapters)
-    # adapter-major order: in-flight requests share few adapters at a time (less LoRA swapping)
     asks = {k: [Ask(adapter_name(k), prints[adapter_name(k)], q) for q in questions] for k in adapter_dirs}
     answers = _serve_and_ask(base_dir, adapters, [a for per in asks.values() for a in per], cache_path,
                              ServeSettings(**serve), ClientSettings(**client), server_log, "predict")

@@ -53,6 +53,8 @@ class ServerSpec:
     max_model_len: int = 2048
     max_loras: int = 4
     max_lora_rank: int = 8
+    prefix_caching: bool = True
+    block_size: int | None = None  # KV-cache block (and prefix-cache hit) granularity in tokens; None: vLLM's default
     extra_args: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     health_timeout_s: float = 600.0
@@ -64,7 +66,10 @@ class ServerSpec:
             "--model", self.model, "--served-model-name", self.served_name,
             "--host", "127.0.0.1", "--port", str(port),
             "--dtype", self.dtype, "--max-model-len", str(self.max_model_len),
+            "--enable-prefix-caching" if self.prefix_caching else "--no-enable-prefix-caching",
         ]
+        if self.block_size is not None:
+            args += ["--block-size", str(self.block_size)]
         if self.adapters:
             args += ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(self.max_loras),
                      # keep every adapter in host memory: evicted ones would be re-read from disk
