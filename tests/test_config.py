@@ -17,9 +17,27 @@ def test_dry_run_shows_the_dag(workflow_copy: Path) -> None:
     result = run_snakemake(workflow_copy, "-n")
     assert result.returncode == 0, result.stderr
     assert job_counts(result.stdout) == {
-        "flatten": "1", "subset": "21", "base_model": "1", "train_lora": "21",
+        "flatten": "1", "subset": "21", "base_model": "1", "train_lora": "2", "adapter": "21",
         "predict": "1", "vote": "1", "revote": "1", "submission": "1", "all": "1",
     }
+
+
+@pytest.mark.parametrize("k, jobs", [(1, 21), (3, 7), (7, 3), (8, 3), (21, 1), (30, 1)])
+def test_training_jobs_are_ceil_of_adapters_over_k(workflow_copy: Path, k: int, jobs: int) -> None:
+    (workflow_copy / "k.yaml").write_text(f"train: {{adapters_per_job: {k}}}\n")
+    result = run_snakemake(workflow_copy, "-n", "--configfile", "k.yaml")
+    assert result.returncode == 0, result.stderr
+    assert job_counts(result.stdout)["train_lora"] == str(jobs)
+
+
+def test_one_adapter_by_name_runs_the_job_that_holds_it(workflow_copy: Path) -> None:
+    (workflow_copy / "k.yaml").write_text("train: {adapters_per_job: 3}\n")
+    result = run_snakemake(workflow_copy, "results/adapters/5", "-n", "--configfile", "k.yaml")
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert counts["train_lora"] == "1" and counts["adapter"] == "1"
+    assert "output: results/train_jobs/1" in result.stdout  # adapters 3, 4, 5
+    assert counts["subset"] == "3"
 
 
 def test_recipe_config_dry_run_downloads_and_trains_on_two_gpus(workflow_copy: Path) -> None:

@@ -63,7 +63,17 @@ def test_default_dag_goes_from_raw_files_to_a_submission(full_run: tuple[Path, s
     for pid in server_pids(workdir):
         assert not processes_in_group(pid), "a vLLM process outlived the predict rule"
     assert "healthy" in (workdir / "logs/predict.log").read_text()
-    assert (workdir / "logs/vllm/predict.log").stat().st_size > 0
+    # the recipe's real path: a GPTQ-Int4 base, LoRA-trained over its int4 linears, K > 1 adapters per job, served by vLLM's int4 kernel
+    config = json.loads((workdir / "results/base_model/tiny/config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "gptq" and config["quantization_config"]["bits"] == 4
+    assert "top-1 agreement" in (workdir / "logs/base_model.log").read_text()
+    jobs = sorted(p.name for p in (workdir / "results/train_jobs").iterdir())
+    assert jobs == ["0", "1"], jobs  # 21 adapters, 11 per job
+    train_log = (workdir / "logs/train_lora/0.log").read_text()
+    assert "quantized linears:" in train_log and "int32" in train_log and "11 adapters" in train_log
+    server_log = (workdir / "logs/vllm/predict.log").read_text()
+    assert re.search(r"quantization=\S*gptq", server_log), "vLLM did not load the base as GPTQ"
+    assert "CPUWNA16" in server_log, "vLLM did not use its int4 CPU kernel"
     dry = run_snakemake(workdir, "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
@@ -118,10 +128,12 @@ def test_ctrl_c_during_predict_leaves_no_server_behind(full_run: tuple[Path, sub
     assert result.returncode == 0
     for stale in ("results/predictions", "results/cache"):
         shutil.rmtree(workdir / stale)
+    # the full run left logs/predict.log saying "healthy after": wait for *this* run's server, not that log
+    log = workdir / "logs/predict.log"
+    log.unlink()
     # Ctrl-C in a terminal sends SIGINT to the whole foreground process group: do the same
     run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=workdir, start_new_session=True,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    log = workdir / "logs/predict.log"
     deadline = time.monotonic() + 300
     while not (log.exists() and "healthy after" in log.read_text()):
         assert run.poll() is None, "snakemake ended before the server was up"
@@ -136,3 +148,4 @@ def test_ctrl_c_during_predict_leaves_no_server_behind(full_run: tuple[Path, sub
         time.sleep(0.2)
     assert not processes_in_group(pid), "a vLLM process outlived Ctrl-C"
     assert not (workdir / "results/predictions/0.jsonl").exists()
+

@@ -31,6 +31,7 @@ def log_to(path: str | os.PathLike[str]) -> Iterator[logging.Logger]:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
+    propagate, root.propagate = root.propagate, False  # a library's logging.basicConfig() would print every record twice
     try:
         yield root
     except BaseException as err:
@@ -39,6 +40,7 @@ def log_to(path: str | os.PathLike[str]) -> Iterator[logging.Logger]:
         raise
     finally:
         root.removeHandler(handler)
+        root.propagate = propagate
         sys.stdout.flush()
         sys.stderr.flush()
         for fd, copy in saved.items():

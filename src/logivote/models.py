@@ -1,4 +1,4 @@
-"""The base model: built locally (``tiny``), downloaded (``huggingface`` / ``modelscope``) or given (``local``).
+"""The base model: built locally (``tiny``, optionally quantized to GPTQ-Int4), downloaded (``huggingface`` / ``modelscope``) or given (``local``).
 
 Config key ``base_model`` (config/README.md) selects the source. Downloads go
 to ``<out>.partial`` first, where the hub clients resume an interrupted
@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .tiny_model import TinyShape, build_from_questions
+from .quantize import QuantizeSettings, build_quantized
+from .tiny_model import build_from_questions
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,11 @@ def prepare_base_model(spec: dict[str, Any], question_files: Sequence[str], out_
     """The ``base_model`` rule: build the tiny model or download the configured one."""
     source = spec["source"]
     if source == "tiny":
-        build_from_questions(question_files, out_dir, TinyShape(**spec.get("tiny", {})))
+        quant, shape = QuantizeSettings.split(spec.get("tiny", {}))
+        if quant.quantize == "gptq-int4":
+            build_quantized(question_files, out_dir, shape, quant)
+        else:
+            build_from_questions(question_files, out_dir, shape)
     elif source in HUBS:
         download(source, spec["repo"], spec.get("revision"), out_dir)
     else:

@@ -1,17 +1,28 @@
-"""Step 3: one LoRA adapter per bag, with transformers' Trainer and peft.
+"""Step 3: LoRA adapters, K per job over one base model in memory (``train.adapters_per_job``).
 
-:func:`train_adapter` trains on ``results/subsets/{k}.jsonl`` and writes a
-standard peft adapter directory (``adapter_config.json`` +
+:func:`train_adapters` loads the base once and trains K adapters together.
+Each optimizer step takes the next example of each adapter's own stream (its
+subset, in its own seeded order, for its own epochs) and runs them as one
+batch in which row i passes only through adapter i's LoRA weights
+(:mod:`logivote.multi_lora`). The loss is the sum of the per-adapter losses,
+so each adapter's gradient is that of its own example; each adapter has its
+own AdamW state, gradient clipping and learning-rate schedule: batch-1
+semantics per adapter, a batch of K for the hardware. An adapter whose stream
+has ended drops out of the batch. K = 1 runs the same code. Rows are padded
+on the right to the longest row of the step (the log reports the padding
+share); logits are computed only at the labelled positions (the answer letter
+and the end-of-turn token), not over the whole vocabulary at every position.
+
+Each adapter is written as a standard peft folder (``adapter_config.json`` +
 ``adapter_model.safetensors``) that ``PeftModel.from_pretrained`` and vLLM's
-``--lora-modules`` both load.
+``--lora-modules`` load, under its final name only when complete.
 
-Crash safety: checkpoints go to ``checkpoint_dir`` every ``save_steps``
-optimizer steps (model, optimizer, scheduler and RNG states, via the Trainer).
-A rerun resumes from the newest one, provided its fingerprint (settings, data,
-base model) matches; a stale checkpoint folder is wiped. On CPU a resumed run
-ends with the same adapter as an uninterrupted one (``tests/test_train.py``).
-The adapter appears under its final name only when complete; the checkpoints
-are then removed.
+Crash safety: a checkpoint per job goes to ``checkpoint_dir/step-N`` every
+``save_steps`` steps (LoRA weights, optimizer and scheduler states, RNG
+states). A rerun resumes from the newest complete one, provided its
+fingerprint (settings, subsets, base model) matches; a stale checkpoint folder
+is wiped. On CPU a resumed job ends with the same adapters as an
+uninterrupted one (``tests/test_train.py``).
 """
 
 from __future__ import annotations
@@ -19,9 +30,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import random
 import shutil
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +43,7 @@ from typing import Any
 from .flatten import read_questions
 from .jsonl import atomic_directory, sha256_file
 from .prompt import encode_example
+from .quantize import gptq_load_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +68,12 @@ class TrainSettings:
     seed: int = 42
     save_steps: int = 50
     logging_steps: int = 10
-    dtype: str = "float32"  # float32 | bfloat16 | float16 | auto (bf16 where the GPU has it, else fp16)
+    dtype: str = "float32"  # float32 | bfloat16 | float16 | auto (bf16 where the GPU has it, else fp16) | float64 (checks)
     gradient_checkpointing: bool = False
     threads: int = 1
     gpus: int = 0
+    adapters_per_job: int = 1
+    max_grad_norm: float = 1.0  # per adapter, as transformers' Trainer clips by default
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> TrainSettings:
@@ -71,38 +88,33 @@ def resolve_dtype(name: str, on_gpu: bool) -> Any:
         if on_gpu and torch.cuda.is_available():
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16  # V100: no bf16
         return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}[name]
 
 
-def fingerprint(settings: TrainSettings, subset_path: str | os.PathLike[str], base_dir: str | os.PathLike[str]) -> str:
-    """What a checkpoint must match to be resumed (threads/gpus excluded: they do not change the math)."""
-    knobs = {k: v for k, v in asdict(settings).items() if k not in ("threads", "gpus", "logging_steps")}
+def fingerprint(settings: TrainSettings, subset_paths: Mapping[int, str | os.PathLike[str]], base_dir: str | os.PathLike[str]) -> str:
+    """What a checkpoint must match to be resumed (threads/gpus/logging excluded: they do not change the math)."""
+    knobs = {k: v for k, v in asdict(settings).items() if k not in ("threads", "gpus", "logging_steps", "adapters_per_job")}
     base_config = Path(base_dir) / "config.json"
     payload = {
         "settings": knobs,
-        "subset": sha256_file(subset_path),
+        "subsets": {str(k): sha256_file(path) for k, path in sorted(subset_paths.items())},
         "base": sha256_file(base_config) if base_config.exists() else str(base_dir),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _prepare_checkpoints(checkpoint_dir: Path, print_: str) -> str | None:
-    """Wipe a checkpoint folder of another fingerprint; return the newest checkpoint to resume, if any."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+def _prepare_checkpoints(checkpoint_dir: Path, print_: str) -> Path | None:
+    """Wipe a checkpoint folder of another fingerprint; return the newest complete checkpoint to resume, if any."""
     stamp = checkpoint_dir / "fingerprint.txt"
     if checkpoint_dir.exists() and (not stamp.exists() or stamp.read_text().strip() != print_):
         log.warning("checkpoints in %s are from other settings or data: starting over", checkpoint_dir)
         shutil.rmtree(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(print_ + "\n")
-    while (last := get_last_checkpoint(str(checkpoint_dir))) is not None:
-        if (Path(last) / "trainer_state.json").exists():
-            log.info("resuming from %s", last)
-            return last
-        log.warning("checkpoint %s is incomplete (killed while saving): removing it", last)
-        shutil.rmtree(last)
-    return None
+    for leftover in checkpoint_dir.glob(".step-*"):  # a save cut off by a kill (atomic_directory's temporary folder)
+        shutil.rmtree(leftover, ignore_errors=True)
+    done = sorted((p for p in checkpoint_dir.glob("step-*") if (p / "state.pt").exists()), key=lambda p: int(p.name[5:]))
+    return done[-1] if done else None
 
 
 def load_base(base_dir: str | os.PathLike[str], dtype: Any, on_gpu: bool) -> tuple[Any, Any]:
@@ -110,11 +122,228 @@ def load_base(base_dir: str | os.PathLike[str], dtype: Any, on_gpu: bool) -> tup
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype, **gptq_load_kwargs(base_dir)}
     if on_gpu:
         kwargs["device_map"] = "auto"  # spreads the layers over every visible GPU
+    elif "quantization_config" in kwargs:
+        kwargs["device_map"] = "cpu"
     model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
     return tokenizer, model
+
+
+def base_memory(model: Any) -> dict[str, Any]:
+    """Bytes held by the frozen base (parameters and buffers, LoRA excluded), by dtype: int4 GPTQ weights show as int32."""
+    by_dtype: dict[str, int] = {}
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if "lora_" in name:
+            continue
+        key = str(tensor.dtype).removeprefix("torch.")
+        by_dtype[key] = by_dtype.get(key, 0) + tensor.numel() * tensor.element_size()
+    kernels = sorted({type(m).__name__ for m in model.modules() if hasattr(m, "qweight")})
+    return {"bytes": sum(by_dtype.values()), "by_dtype": by_dtype, "quantized_kernels": kernels}
+
+
+
+
+def adapter_stream(n_examples: int, epochs: float, seed: int, adapter: int) -> list[int]:
+    """Adapter ``adapter``'s example order: a fresh seeded shuffle per epoch, cut at ``n × epochs`` examples."""
+    total = math.ceil(n_examples * epochs)
+    order: list[int] = []
+    epoch = 0
+    while len(order) < total:
+        perm = list(range(n_examples))
+        random.Random(f"{seed}:{adapter}:{epoch}").shuffle(perm)
+        order += perm
+        epoch += 1
+    return order[:total]
+
+
+def encode_subset(tokenizer: Any, subset_path: str | os.PathLike[str], max_len: int) -> list[dict[str, list[int]]]:
+    questions = read_questions(subset_path)
+    examples = [e for e in (encode_example(tokenizer, q, max_len) for q in questions) if e is not None]
+    if len(examples) < len(questions):
+        log.warning("%s: %d of %d questions are longer than max_len=%d tokens and are left out",
+                    subset_path, len(questions) - len(examples), len(questions), max_len)
+    if not examples:
+        raise ValueError(f"{subset_path}: no question fits in max_len={max_len} tokens")
+    return examples
+
+
+@dataclass
+class StepStats:
+    """What one step did, for progress, logs and benchmarks."""
+
+    step: int
+    losses: dict[int, float]  # adapter -> loss of its example in this step
+    real_tokens: int
+    padded_tokens: int
+
+
+def _batch(examples: Sequence[dict[str, list[int]]], pad_id: int, device: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """Right-padded ids and mask, and for every labelled token: its row, the position that predicts it, its id."""
+    import torch
+
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    rows, cols, targets = [], [], []
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, :n] = torch.tensor(e["input_ids"])
+        mask[i, :n] = 1
+        for pos, label in enumerate(e["labels"]):
+            if label != -100:
+                rows.append(i)
+                cols.append(pos - 1)  # the hidden state before a token predicts it
+                targets.append(label)
+    as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
+    return ids.to(device), mask.to(device), as_long(rows), as_long(cols), as_long(targets)
+
+
+def _save_checkpoint(checkpoint_dir: Path, step: int, lora: Any, optimizers: Sequence[Any], schedulers: Sequence[Any],
+                     losses: Sequence[list[float]]) -> None:
+    import torch
+
+    state = {
+        "step": step,
+        "lora": [lora.state(i) for i in range(lora.k)],
+        "optimizers": [o.state_dict() for o in optimizers],
+        "schedulers": [s.state_dict() for s in schedulers],
+        "losses": [list(x) for x in losses],
+        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+    }
+    with atomic_directory(checkpoint_dir / f"step-{step}") as tmp:
+        torch.save(state, tmp / "state.pt")
+    for old in sorted(checkpoint_dir.glob("step-*"), key=lambda p: int(p.name[5:]))[:-2]:  # keep the newest two
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def train_adapters(
+    base_dir: str | os.PathLike[str],
+    subsets: Mapping[int, str | os.PathLike[str]],
+    out_dirs: Mapping[int, str | os.PathLike[str]],
+    checkpoint_dir: str | os.PathLike[str],
+    settings: TrainSettings,
+    on_step: Callable[[StepStats], None] | None = None,
+) -> Any:
+    """Train one adapter per subset (adapter number -> subset file) in one job; return the :class:`MultiLora` (for checks).
+
+    ``on_step`` is called after every optimizer step (benchmarks time the loop with it).
+    """
+    import torch
+    from tqdm import tqdm
+    from transformers import get_scheduler
+
+    from .multi_lora import LoraShape, MultiLora, save_peft_adapter
+
+    if settings.batch_size != 1:
+        raise ValueError(f"train.batch_size {settings.batch_size}: each adapter trains on one example per step (the recipe's "
+                         "batch size 1); use grad_accum for larger effective batches")
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    on_gpu = settings.gpus > 0 and torch.cuda.is_available()
+    dtype = resolve_dtype(settings.dtype, on_gpu)
+    tokenizer, model = load_base(base_dir, dtype, on_gpu)
+    model.requires_grad_(False)
+    model.config.use_cache = False
+    adapters = sorted(subsets)
+    examples = [encode_subset(tokenizer, subsets[k], settings.max_len) for k in adapters]
+    streams = [adapter_stream(len(ex), settings.epochs, settings.seed, k) for ex, k in zip(examples, adapters)]
+    for k, ex in zip(adapters, examples):
+        lengths = [len(e["input_ids"]) for e in ex]
+        log.info("adapter %d: %d training examples, %d-%d tokens (mean %.0f)", k, len(ex), min(lengths), max(lengths), sum(lengths) / len(lengths))
+
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    shape = LoraShape(settings.lora_r, settings.lora_alpha, settings.lora_dropout, tuple(settings.target_modules))
+    lora = MultiLora(model, len(adapters), shape, seeds=[settings.seed] * len(adapters), dtype=dtype)
+    model.train()
+    memory = base_memory(model)
+    log.info("frozen base: %.1f MiB in memory (%s)%s", memory["bytes"] / 2**20,
+             ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sorted(memory["by_dtype"].items())),
+             f"; quantized linears: {', '.join(memory['quantized_kernels'])}" if memory["quantized_kernels"] else "")
+    per_adapter = sum(p.numel() for p in lora.parameters(0))
+    log.info("LoRA: %d adapters (%s) in one job, %d trainable parameters each, %d layers wrapped",
+             len(adapters), ", ".join(map(str, adapters)), per_adapter, len(lora.layers))
+    if on_gpu:
+        devices = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+        log.info("CUDA_VISIBLE_DEVICES=%s: %s", os.environ.get("CUDA_VISIBLE_DEVICES"),
+                 ", ".join(f"cuda:{i} {d.name} GPU-{d.uuid}" for i, d in enumerate(devices)))
+        log.info("model placement: %s", sorted({str(p.device) for p in model.parameters()}))
+
+    optimizers = [torch.optim.AdamW(lora.parameters(i), lr=settings.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+                  for i in range(len(adapters))]
+    schedulers = [get_scheduler(settings.lr_scheduler, opt, num_warmup_steps=settings.warmup_steps,
+                                num_training_steps=math.ceil(len(stream) / settings.grad_accum))
+                  for opt, stream in zip(optimizers, streams)]
+    losses: list[list[float]] = [[] for _ in adapters]
+    ckpt = Path(checkpoint_dir)
+    start = 0
+    if (resume := _prepare_checkpoints(ckpt, fingerprint(settings, subsets, base_dir))) is not None:
+        state = torch.load(resume / "state.pt", weights_only=False)
+        for i in range(len(adapters)):
+            lora.load_state(i, state["lora"][i])
+            optimizers[i].load_state_dict(state["optimizers"][i])
+            schedulers[i].load_state_dict(state["schedulers"][i])
+        losses = state["losses"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        start = state["step"]
+        log.info("resuming from %s (step %d)", resume, start)
+
+    device = model.get_input_embeddings().weight.device
+    body, head = model.base_model, model.get_output_embeddings()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    total_steps = max(len(s) for s in streams)
+    real = padded = 0
+    began = time.perf_counter()
+    bar = tqdm(total=total_steps, initial=start, desc=f"train adapters {adapters[0]}-{adapters[-1]}", unit="step", mininterval=1.0)
+    for step in range(start, total_steps):
+        active = [i for i, stream in enumerate(streams) if step < len(stream)]
+        batch = [examples[i][streams[i][step]] for i in active]
+        ids, mask, rows, cols, targets = _batch(batch, pad_id, device)
+        with lora.rows(active):
+            hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits = head(hidden[rows, cols]).float()
+        token_loss = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+        counts = torch.bincount(rows, minlength=len(active)).clamp(min=1)
+        row_loss = torch.zeros(len(active), device=token_loss.device).index_add(0, rows, token_loss) / counts
+        (row_loss.sum() / settings.grad_accum).backward()
+        for row, i in enumerate(active):
+            losses[i].append(float(row_loss[row].detach()))
+            if (step + 1) % settings.grad_accum == 0 or step + 1 == len(streams[i]):
+                torch.nn.utils.clip_grad_norm_(lora.parameters(i), settings.max_grad_norm)
+                optimizers[i].step()
+                schedulers[i].step()
+                optimizers[i].zero_grad(set_to_none=True)
+        n_real = int(mask.sum())
+        real, padded = real + n_real, padded + mask.numel() - n_real
+        bar.update(1)
+        if (step + 1) % settings.logging_steps == 0 or step + 1 == total_steps:
+            recent = {adapters[i]: sum(losses[i][-settings.logging_steps:]) / len(losses[i][-settings.logging_steps:])
+                      for i in range(len(adapters)) if losses[i]}
+            bar.set_postfix_str(" ".join(f"{k}:{v:.3f}" for k, v in recent.items()), refresh=False)
+            log.info("step %d/%d, loss per adapter: %s", step + 1, total_steps, ", ".join(f"{k} {v:.4f}" for k, v in recent.items()))
+        if on_step is not None:
+            on_step(StepStats(step + 1, {adapters[i]: losses[i][-1] for i in active}, n_real, mask.numel() - n_real))
+        if (step + 1) % settings.save_steps == 0 and step + 1 < total_steps:
+            _save_checkpoint(ckpt, step + 1, lora, optimizers, schedulers, losses)
+    bar.close()
+    elapsed = time.perf_counter() - began
+    log.info("training done: %d steps in %.1f s; %d real tokens, %.1f %% of the batches' tokens were padding",
+             total_steps - start, elapsed, real, 100 * padded / max(real + padded, 1))
+
+    for i, k in enumerate(adapters):
+        with atomic_directory(out_dirs[k]) as tmp:
+            save_peft_adapter(lora, i, tmp, base_dir)
+            (tmp / "logivote_train.json").write_text(json.dumps(
+                {"adapter": k, "settings": asdict(settings), "examples": len(examples[i]), "steps": len(streams[i]),
+                 "job_adapters": adapters, "final_loss": sum(losses[i][-10:]) / max(len(losses[i][-10:]), 1)},
+                indent=1, default=str) + "\n")
+        log.info("adapter %d written to %s", k, out_dirs[k])
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return lora
 
 
 def train_adapter(
@@ -123,106 +352,43 @@ def train_adapter(
     out_dir: str | os.PathLike[str],
     checkpoint_dir: str | os.PathLike[str],
     settings: TrainSettings,
-    callbacks: Sequence[Any] = (),
+    on_step: Callable[[StepStats], None] | None = None,
 ) -> Any:
-    """Train one adapter; return the trained peft model (in memory, for checks).
+    """One adapter: :func:`train_adapters` with K = 1."""
+    return train_adapters(base_dir, {0: subset_path}, {0: out_dir}, checkpoint_dir, settings, on_step)
 
-    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (benchmarks use them).
-    """
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
-    torch.set_num_threads(settings.threads)
-    set_seed(settings.seed)
-    on_gpu = settings.gpus > 0 and torch.cuda.is_available()
-    dtype = resolve_dtype(settings.dtype, on_gpu)
-    tokenizer, model = load_base(base_dir, dtype, on_gpu)
-
-    questions = read_questions(subset_path)
-    examples = [e for e in (encode_example(tokenizer, q, settings.max_len) for q in questions) if e is not None]
-    if len(examples) < len(questions):
-        log.warning("%d of %d questions are longer than max_len=%d tokens and are left out", len(questions) - len(examples), len(questions), settings.max_len)
-    if not examples:
-        raise ValueError(f"{subset_path}: no question fits in max_len={settings.max_len} tokens")
-    lengths = [len(e["input_ids"]) for e in examples]
-    log.info("%d training examples, %d-%d tokens (mean %.0f)", len(examples), min(lengths), max(lengths), sum(lengths) / len(lengths))
-
-    if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    model = get_peft_model(model, LoraConfig(
-        task_type="CAUSAL_LM",
-        r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
-        target_modules=list(settings.target_modules),
-    ))
-    if on_gpu:
-        devices = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
-        log.info("CUDA_VISIBLE_DEVICES=%s: %s", os.environ.get("CUDA_VISIBLE_DEVICES"),
-                 ", ".join(f"cuda:{i} {d.name} GPU-{d.uuid}" for i, d in enumerate(devices)))
-        log.info("model placement: %s", sorted({str(p.device) for p in model.parameters()}))
-    trainable, total = model.get_nb_trainable_parameters()
-    log.info("LoRA: %d trainable of %d parameters (%.3f %%)", trainable, total, 100 * trainable / total)
-
-    ckpt = Path(checkpoint_dir)
-    resume = _prepare_checkpoints(ckpt, fingerprint(settings, subset_path, base_dir))
-    args = TrainingArguments(
-        output_dir=str(ckpt),
-        per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.grad_accum,
-        num_train_epochs=settings.epochs,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type=settings.lr_scheduler,
-        warmup_steps=settings.warmup_steps,
-        logging_steps=settings.logging_steps,
-        save_strategy="steps",
-        save_steps=settings.save_steps,
-        save_total_limit=2,
-        seed=settings.seed,
-        data_seed=settings.seed,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        use_cpu=not on_gpu,
-        report_to="none",
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
-        disable_tqdm=False,
-    )
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=examples,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True),
-        callbacks=list(callbacks),
-    )
-    result = trainer.train(resume_from_checkpoint=resume)
-    log.info("training done: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()})
-
-    with atomic_directory(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        (tmp / "logivote_train.json").write_text(json.dumps(
-            {"settings": asdict(settings), "examples": len(examples), "metrics": result.metrics}, indent=1, default=str) + "\n")
-    shutil.rmtree(ckpt, ignore_errors=True)
-    log.info("adapter written to %s", out_dir)
-    return model
+def job_adapters(job: int, n_subsets: int, per_job: int) -> list[int]:
+    """The adapters training job ``job`` holds: ``per_job`` consecutive ones (the last job may hold fewer)."""
+    return list(range(job * per_job, min(n_subsets, (job + 1) * per_job)))
 
 
 def train_lora_job(
     base_dir: str,
-    subset_path: str,
-    out_dir: str,
+    subset_paths: Sequence[str],
+    job_dir: str,
     checkpoint_dir: str,
     section: dict[str, Any],
+    adapters: Sequence[int],
     threads: int,
     gpus: int,
 ) -> None:
-    """The ``train_lora`` rule: hold ``gpus`` GPUs of our own, then train (settings from config ``train``)."""
+    """The ``train_lora`` rule: hold ``gpus`` GPUs of our own, then train this job's adapters into ``job_dir/{k}``."""
     from dataclasses import replace
 
     from .gpus import gpu_slots
 
     settings = replace(TrainSettings.from_config(section), threads=threads, gpus=gpus)
-    with gpu_slots(gpus):
-        train_adapter(base_dir, subset_path, out_dir, checkpoint_dir, settings)
+    with atomic_directory(job_dir) as tmp, gpu_slots(gpus):
+        train_adapters(base_dir, dict(zip(adapters, subset_paths)), {k: tmp / str(k) for k in adapters}, checkpoint_dir, settings)
+
+
+def link_adapter(job_adapter_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> None:
+    """The ``adapter`` rule: ``results/adapters/{k}`` as hard links to the files its training job wrote (a copy where links fail)."""
+    source = Path(job_adapter_dir)
+    with atomic_directory(out_dir) as tmp:
+        for path in source.iterdir():
+            try:
+                os.link(path, tmp / path.name)
+            except OSError:
+                shutil.copy2(path, tmp / path.name)

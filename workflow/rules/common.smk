@@ -1,15 +1,35 @@
 from snakemake.utils import validate
 
 from logivote.models import model_dir
+from logivote.train import job_adapters
 
 
 validate(config, schema="../schemas/config.schema.yaml")
 
 wildcard_constraints:
     k=r"\d+",
+    job=r"\d+",
 
 
-SUBSETS = list(range(config["bagging"]["n_subsets"]))
+N_SUBSETS = config["bagging"]["n_subsets"]
+SUBSETS = list(range(N_SUBSETS))
+# train.adapters_per_job adapters share one training job (one base model in memory): ceil(N / K) jobs
+ADAPTERS_PER_JOB = config["train"].get("adapters_per_job", 1)
+
+
+def job_of(k):
+    """The training job that holds adapter k."""
+    return k // ADAPTERS_PER_JOB
+
+
+def job_subsets(wildcards):
+    """The subsets of the adapters training job {job} holds."""
+    return [f"results/subsets/{k}.jsonl" for k in job_adapters(int(wildcards.job), N_SUBSETS, ADAPTERS_PER_JOB)]
+
+
+def adapter_job_dir(wildcards):
+    """The training job folder that holds adapter {k}."""
+    return f"results/train_jobs/{job_of(int(wildcards.k))}"
 
 
 def source_paths():

@@ -16,21 +16,38 @@ rule base_model:
 rule train_lora:
     input:
         base=BASE_MODEL_DIR,
-        subset="results/subsets/{k}.jsonl",
+        subsets=job_subsets,
     output:
-        directory("results/adapters/{k}"),
+        directory("results/train_jobs/{job}"),
     params:
         settings=config["train"],
-        checkpoints="results/checkpoints/{k}",
+        adapters=lambda wildcards: job_adapters(int(wildcards.job), N_SUBSETS, ADAPTERS_PER_JOB),
+        checkpoints="results/checkpoints/job-{job}",
     threads: config["train"]["threads"]
     resources:
         gpu=config["train"]["gpus"],
         mem_mb=config["train"]["mem_mb"],
     log:
-        "logs/train_lora/{k}.log",
+        "logs/train_lora/{job}.log",
     benchmark:
-        "benchmarks/train_lora/{k}.tsv"
+        "benchmarks/train_lora/{job}.tsv"
     conda:
         env_file("train")
     script:
         "../scripts/train_lora.py"
+
+
+rule adapter:
+    input:
+        adapter_job_dir,
+    output:
+        directory("results/adapters/{k}"),
+    params:
+        source=lambda wildcards: f"results/train_jobs/{job_of(int(wildcards.k))}/{wildcards.k}",
+    localrule: True
+    log:
+        "logs/adapter/{k}.log",
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/adapter.py"

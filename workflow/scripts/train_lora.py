@@ -4,10 +4,11 @@ from logivote.train import train_lora_job
 with log_to(snakemake.log[0]):
     train_lora_job(
         snakemake.input.base,
-        snakemake.input.subset,
+        list(snakemake.input.subsets),
         snakemake.output[0],
         snakemake.params.checkpoints,
         snakemake.params.settings,
+        snakemake.params.adapters,
         snakemake.threads,
         snakemake.resources.gpu,
     )

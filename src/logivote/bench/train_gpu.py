@@ -19,12 +19,10 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
-
 from logivote.jsonl import atomic_write_jsonl, dumps
 from logivote.sample_data import make_puzzles
 from logivote.tiny_model import TinyShape, build_tiny_model
-from logivote.train import TrainSettings, train_adapter
+from logivote.train import StepStats, TrainSettings, train_adapter
 
 SHAPES = {
     # the embedded default's shape: a smoke test of this script on a CPU
@@ -41,43 +39,30 @@ SHAPES = {
 }
 
 
-class StepTimer(TrainerCallback):
-    """Splits each optimizer step into forward, backward, optimizer and the rest (CUDA-synchronised)."""
+class Clock:
+    """``on_step`` callback of :func:`logivote.train.train_adapters`: times the steps after ``warmup`` (CUDA-synchronised)."""
 
-    def __init__(self) -> None:
-        self.times = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0, "step_total": 0.0}
-        self.steps = 0
-        self._marks: dict[str, float] = {}
+    def __init__(self, warmup: int = 5) -> None:
+        self.warmup = warmup
+        self.start = self.end = 0.0
+        self.real = self.padded = self.labelled = self.steps = 0
 
-    @staticmethod
-    def now() -> float:
+    def __call__(self, stats: StepStats) -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        return time.perf_counter()
+        now = time.perf_counter()
+        if stats.step == self.warmup:
+            self.start = now
+        elif stats.step > self.warmup:
+            self.end = now
+            self.steps += 1
+            self.real += stats.real_tokens
+            self.padded += stats.padded_tokens
+            self.labelled += 2 * len(stats.losses)
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
-        model.register_forward_pre_hook(lambda *a: self._marks.__setitem__("f0", self.now()))
-        model.register_forward_hook(lambda *a: self._marks.__setitem__("f1", self.now()))
-
-    def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
-        self._marks = {"s0": self.now()}
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):  # noqa: ANN001
-        self._marks["b1"] = self.now()
-
-    def on_optimizer_step(self, args, state, control, **kwargs):  # noqa: ANN001
-        self._marks["o1"] = self.now()
-
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        m = self._marks
-        end = self.now()
-        if state.global_step <= 5 or not {"f0", "f1", "b1", "o1"} <= m.keys():
-            return  # warm-up steps are not counted
-        self.times["forward"] += m["f1"] - m["f0"]
-        self.times["backward"] += m["b1"] - m["f1"]
-        self.times["optimizer"] += m["o1"] - m["b1"]
-        self.times["step_total"] += end - m["s0"]
-        self.steps += 1
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
 
 
 def padded_questions(n: int, target_tokens: int, tokenizer_chars_per_token: float) -> list[dict]:
@@ -94,13 +79,47 @@ def padded_questions(n: int, target_tokens: int, tokenizer_chars_per_token: floa
     return out[:n]
 
 
-def run_case(name: str, seq_tokens: int, steps: int, workdir: Path, gradient_checkpointing: bool, gpus: int = 1) -> dict:
+def quantized_base(float_dir: Path, out_dir: Path, seq_tokens: int) -> dict:
+    """GPTQ-Int4 of ``float_dir`` (group size 128, as Qwen's), calibrated on 64 bench prompts; seconds taken.
+
+    Runs in a child process, so the quantizer's GPU memory is not counted in the training's peak.
+    """
+    import subprocess
+    import sys
+
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "logivote.bench.train_gpu", "--quantize-only", str(float_dir), str(out_dir), str(seq_tokens)],
+                   check=True)
+    return {"quantize_s": time.perf_counter() - start}
+
+
+def _quantize_only(float_dir: Path, out_dir: Path, seq_tokens: int) -> None:
+    from transformers import AutoTokenizer
+
+    from logivote.quantize import calibration_texts, quantize_gptq
+
+    tok = AutoTokenizer.from_pretrained(float_dir)
+    texts = calibration_texts(tok, padded_questions(64, seq_tokens, 1.0), 64)
+    quantize_gptq(float_dir, out_dir, texts, group_size=128, device="cuda:0" if torch.cuda.is_available() else "cpu")
+    for extra in float_dir.iterdir():
+        if not (out_dir / extra.name).exists() and extra.suffix != ".safetensors" and extra.is_file():
+            (out_dir / extra.name).write_bytes(extra.read_bytes())
+
+
+def run_case(name: str, seq_tokens: int, steps: int, workdir: Path, gradient_checkpointing: bool, gpus: int = 1,
+             quantize: str = "none") -> dict:
     shape = SHAPES[name]
     on_gpu = torch.cuda.is_available()
     base = workdir / f"base-{name}"
     texts = [q["problem"] + q["question"] for q in padded_questions(64, 400, 1.0)]
     if not base.exists():
         build_tiny_model(texts, base, shape)
+    extra: dict = {"quantize": quantize}
+    if quantize == "gptq-int4":
+        qbase = workdir / f"base-{name}-gptq"
+        if not qbase.exists():
+            extra.update(quantized_base(base, qbase, seq_tokens))
+        base = qbase
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base)
@@ -117,43 +136,43 @@ def run_case(name: str, seq_tokens: int, steps: int, workdir: Path, gradient_che
                              save_steps=10_000, logging_steps=50, dtype="bfloat16" if on_gpu else "float32",
                              gpus=gpus if on_gpu else 0, threads=4,
                              gradient_checkpointing=gradient_checkpointing)
-    timer = StepTimer()
+    clock = Clock()
     if on_gpu:
         for i in range(torch.cuda.device_count()):
             torch.empty(0, device=f"cuda:{i}")  # a device's allocator must exist before its stats can be reset
             torch.cuda.reset_peak_memory_stats(i)
     start = time.perf_counter()
-    model = train_adapter(base, subset, workdir / f"adapter-{name}", workdir / f"ckpt-{name}", settings, callbacks=[timer])
+    tag = f"{name}-{quantize}-{seq_tokens}"
+    model = train_adapter(base, subset, workdir / f"adapter-{tag}", workdir / f"ckpt-{tag}", settings, on_step=clock)
     wall = time.perf_counter() - start
-    meta = json.loads((workdir / f"adapter-{name}" / "logivote_train.json").read_text())
     lengths = [len(tok(q["problem"])["input_ids"]) for q in questions[:20]]
-    runtime = meta["metrics"]["train_runtime"]
-    n_steps = len(questions) * 2
-
+    n_steps = len(questions) * 2  # two epochs
     total_tokens = 2 * sum(len(encode_example(tok, q, 10**6)["input_ids"]) for q in questions)
-    counted = timer.times
+    from logivote.train import base_memory
+
+    memory = base_memory(model.model)
     result = {
         "case": name,
+        **extra,
+        "seq_tokens_target": seq_tokens,
+        "base_memory_gib": memory["bytes"] / 2**30,
+        "base_memory_by_dtype_gib": {k: v / 2**30 for k, v in memory["by_dtype"].items()},
+        "quantized_kernels": memory["quantized_kernels"],
         "gradient_checkpointing": gradient_checkpointing,
         "device": torch.cuda.get_device_name(0) if on_gpu else "cpu",
-        "params": sum(p.numel() for p in model.parameters()),
-        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "params": sum(p.numel() for p in model.model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters(0)),
         "steps": n_steps,
         "mean_seq_tokens": total_tokens / (2 * len(questions)),
         "problem_tokens_sample": lengths[:3],
-        "train_runtime_s": runtime,
         "wall_incl_load_s": wall,
-        "tokens_per_s": total_tokens / runtime,
+        "timed_steps": clock.steps,
+        "tokens_per_s": clock.real / clock.seconds,
+        "step_ms": 1e3 * clock.seconds / clock.steps,
         "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None,
         "gpus": gpus if on_gpu else 0,
         "peak_gpu_mem_gib_per_gpu": [torch.cuda.max_memory_allocated(i) / 2**30 for i in range(torch.cuda.device_count())] if on_gpu else [],
-        "model_devices": sorted({str(p.device) for p in model.parameters()}),
-        "timed_steps": timer.steps,
-        "share_forward": counted["forward"] / counted["step_total"],
-        "share_backward": counted["backward"] / counted["step_total"],
-        "share_fwd_bwd": (counted["forward"] + counted["backward"]) / counted["step_total"],
-        "share_optimizer": counted["optimizer"] / counted["step_total"],
-        "share_steps_of_runtime": counted["step_total"] / runtime,
+        "model_devices": sorted({str(p.device) for p in model.model.parameters()}),
     }
     del model
     if on_gpu:
@@ -162,17 +181,28 @@ def run_case(name: str, seq_tokens: int, steps: int, workdir: Path, gradient_che
 
 
 def main() -> None:
+    import sys
+
+    if sys.argv[1:2] == ["--quantize-only"]:  # the child process of quantized_base()
+        _quantize_only(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--cases", nargs="+", default=["qwen0.5b:700:300", "qwen0.5b:1800:200", "qwen32b-4layers:1800:200"],
-                        help="shape:seq_tokens:steps")
+                        help="shape:seq_tokens:steps[:gptq-int4] (the suffix quantizes the random float model first)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--gpus", type=int, default=1, help="GPUs per training; >1 spreads the model over them (device_map=auto)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.cases:
-            name, seq, steps = case.split(":")
-            result = run_case(name, int(seq), int(steps), Path(tmp), args.gradient_checkpointing, args.gpus)
+            name, seq, steps, *quant = case.split(":")
+            try:
+                result = run_case(name, int(seq), int(steps), Path(tmp), args.gradient_checkpointing, args.gpus, *quant)
+            except Exception as err:  # one failing case must not lose the others' figures
+                import traceback
+
+                traceback.print_exc()
+                result = {"case": case, "error": f"{type(err).__name__}: {err}"[:2000]}
             line = dumps(result)
             print(line, flush=True)
             with open(args.out, "a", encoding="utf-8") as handle:

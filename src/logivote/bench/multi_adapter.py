@@ -1,0 +1,199 @@
+"""Benchmark (not a test): K adapters per training step against the Trainer path logivote had before.
+
+For each model shape (random weights, built locally) and K, the workflow's own
+:func:`logivote.train.train_adapters` trains K adapters for ``--steps`` steps
+on synthetic puzzles whose lengths are drawn from the real training data's
+length distribution (``resources/benchmarks/real_train_lengths.json``; each
+adapter its own draw, so rows of a step differ in length and are padded).
+The reference is :func:`trainer_baseline`: transformers' Trainer + peft, one
+adapter, batch 1, logits over every position — how ``train_adapter`` worked
+before ``train.adapters_per_job``.
+
+Printed per case (one JSON line): real (non-padding) tokens/s, padding share,
+step time, peak GPU memory, and model FLOP/s as a share of the bf16 peak
+measured in the same run (an 8192³ bf16 matmul). FLOPs counted are only those
+the step needs: 4 × body parameters × real tokens (forward 2N, gradient with
+respect to activations 2N; the frozen base needs no weight gradients) plus
+4 × head parameters × labelled tokens (the logits are computed only there);
+attention's own FLOPs and LoRA's are left out, so the share is a lower bound.
+
+    python -m logivote.bench.multi_adapter --out bench.jsonl [--shapes qwen0.5b qwen32b-4layers] [--ks 1 3 7 21] [--steps 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from logivote.jsonl import atomic_write_jsonl, dumps
+from logivote.tiny_model import build_tiny_model
+from logivote.train import StepStats, TrainSettings, train_adapters
+
+from .train_gpu import SHAPES, Clock, padded_questions
+
+LENGTHS = Path(__file__).resolve().parents[3] / "resources" / "benchmarks" / "real_train_lengths.json"
+
+
+def measured_peak_tflops() -> float:
+    if not torch.cuda.is_available():
+        return float("nan")
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, n = time.perf_counter(), 20
+    for _ in range(n):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * 8192**3 * n / (time.perf_counter() - start) / 1e12
+
+
+def synthetic_subset(path: Path, n: int, seed: int, tokenizer: Any, lengths: list[int]) -> list[int]:
+    """``n`` puzzles whose encoded lengths follow ``lengths``; returns the target lengths drawn."""
+    from logivote.prompt import encode_example
+
+    rng = random.Random(seed)
+    targets = [rng.choice(lengths) for _ in range(n)]
+    probe = padded_questions(1, 2000, 1.0)[0]
+    chars_per_token = len(probe["problem"]) / len(tokenizer(probe["problem"])["input_ids"])
+    overhead = len(encode_example(tokenizer, probe, 10**6)["input_ids"]) - len(tokenizer(probe["problem"])["input_ids"])
+    rows = []
+    for i, target in enumerate(targets):
+        q = padded_questions(1, max(20, target - overhead), chars_per_token)[0]
+        q = {**q, "qid": f"bench{seed}_{i}#0", "puzzle_id": f"bench{seed}_{i}"}
+        rows.append(q)
+    atomic_write_jsonl(path, rows)
+    return targets
+
+
+def body_and_head_params(base: Path) -> tuple[int, int]:
+    config = json.loads((base / "config.json").read_text())
+    h, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
+    head_dim = config.get("head_dim") or h // heads
+    attn = h * heads * head_dim * 2 + h * kv * head_dim * 2  # q, o; k, v
+    mlp = 3 * h * inter
+    return layers * (attn + mlp), config["vocab_size"] * h
+
+
+def settings_for(on_gpu: bool, steps: int) -> TrainSettings:
+    return TrainSettings(epochs=1, batch_size=1, grad_accum=1, learning_rate=1e-4, max_len=2048, save_steps=10**6,
+                         logging_steps=20, dtype="bfloat16" if on_gpu else "float32", gpus=1 if on_gpu else 0, threads=4,
+                         lora_dropout=0.05)
+
+
+def run_multi(base: Path, subsets: dict[int, Path], workdir: Path, steps: int, peak: float) -> dict[str, Any]:
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    clock = Clock()
+    tag = f"k{len(subsets)}-{time.time_ns()}"
+    train_adapters(base, subsets, {k: workdir / tag / str(k) for k in subsets}, workdir / f"ckpt-{tag}", settings_for(on_gpu, steps), on_step=clock)
+    return summarize(clock, base, peak, len(subsets))
+
+
+def summarize(clock: Clock, base: Path, peak: float, k: int) -> dict[str, Any]:
+    elapsed = clock.seconds
+    body, head = body_and_head_params(base)
+    flops = 4 * body * clock.real + 4 * head * clock.labelled
+    return {
+        "K": k,
+        "timed_steps": clock.steps,
+        "step_ms": 1e3 * elapsed / clock.steps,
+        "per_adapter_step_ms": 1e3 * elapsed / clock.steps / k,
+        "real_tokens_per_s": clock.real / elapsed,
+        "padding_share": clock.padded / max(clock.real + clock.padded, 1),
+        "model_tflops": flops / elapsed / 1e12,
+        "share_of_peak": flops / elapsed / 1e12 / peak if peak == peak else None,
+        "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+    }
+
+
+def trainer_baseline(base: Path, subset: Path, workdir: Path, steps: int, peak: float) -> dict[str, Any]:
+    """The path before issue 10: Trainer + peft, one adapter, batch 1, full logits."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+
+    from logivote.flatten import read_questions
+    from logivote.prompt import encode_example
+    from logivote.train import RECIPE_TARGETS, load_base
+
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    tokenizer, model = load_base(base, dtype, on_gpu)
+    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, lora_dropout=0.05, target_modules=RECIPE_TARGETS))
+    examples = [encode_example(tokenizer, q, 2048) for q in read_questions(subset)][:steps]
+    clock = Clock()
+
+    class Tick(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            clock(StepStats(state.global_step, {0: 0.0}, len(examples[state.global_step - 1]["input_ids"]), 0))
+
+    args = TrainingArguments(output_dir=str(workdir / "trainer"), per_device_train_batch_size=1, num_train_epochs=1, learning_rate=1e-4,
+                             logging_steps=20, save_strategy="no", bf16=on_gpu, use_cpu=not on_gpu, report_to="none",
+                             dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True)
+    # no shuffling, so step i trains examples[i - 1] and the clock counts its tokens
+    trainer = Trainer(model=model, args=args, train_dataset=examples, callbacks=[Tick()],
+                      data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True))
+    trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(examples)  # type: ignore[method-assign]
+    trainer.train()
+    result = summarize(clock, base, peak, 1)
+    result["path"] = "trainer+peft (before)"
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--shapes", nargs="+", default=["qwen0.5b", "qwen32b-4layers"])
+    parser.add_argument("--ks", nargs="+", type=int, default=[1, 3, 7, 21])
+    parser.add_argument("--steps", type=int, default=60)
+    args = parser.parse_args()
+    lengths = json.loads(LENGTHS.read_text())["lengths"]
+    peak = measured_peak_tflops()
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+    def emit(row: dict[str, Any]) -> None:
+        line = dumps({"device": device, "measured_bf16_peak_tflops": peak, **row})
+        print(line, flush=True)
+        with open(args.out, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for shape in args.shapes:
+            base = work / f"base-{shape}"
+            build_tiny_model([q["problem"] + q["question"] for q in padded_questions(64, 400, 1.0)], base, SHAPES[shape])
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(base)
+            subsets = {k: work / f"{shape}-subset-{k}.jsonl" for k in range(max(args.ks))}
+            drawn = [t for k, path in subsets.items() for t in synthetic_subset(path, args.steps, k, tokenizer, lengths)]
+            common = {"shape": shape, "steps": args.steps, "mean_target_tokens": sum(drawn) / len(drawn)}
+            try:
+                emit({**common, **trainer_baseline(base, subsets[0], work, args.steps, peak)})
+            except Exception as err:  # noqa: BLE001 - a failing case must not lose the others
+                emit({**common, "path": "trainer+peft (before)", "error": f"{type(err).__name__}: {err}"[:1000]})
+            for k in args.ks:
+                try:
+                    emit({**common, "path": "train_adapters", **run_multi(base, {i: subsets[i] for i in range(k)}, work, args.steps, peak)})
+                except torch.OutOfMemoryError:
+                    emit({**common, "path": "train_adapters", "K": k, "error": "OOM"})
+                except Exception as err:  # noqa: BLE001
+                    emit({**common, "path": "train_adapters", "K": k, "error": f"{type(err).__name__}: {err}"[:1000]})
+
+
+if __name__ == "__main__":
+    main()

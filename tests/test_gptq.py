@@ -1,0 +1,128 @@
+"""The GPTQ-Int4 path: a tiny base quantized as Qwen's checkpoints are, close to the float model, trainable with LoRA."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("gptqmodel", reason="needs gptqmodel (bash setup.sh)")
+pytest.importorskip("optimum", reason="needs optimum (bash setup.sh)")
+from safetensors import safe_open  # noqa: E402
+
+from logivote.flatten import Source, flatten  # noqa: E402
+from logivote.models import prepare_base_model  # noqa: E402
+from logivote.quantize import QuantizeSettings, check_group_size  # noqa: E402
+from logivote.tiny_model import TinyShape, build_from_questions  # noqa: E402
+
+from .conftest import REPO  # noqa: E402
+
+TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+@pytest.fixture(scope="module")
+def gptq(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("gptq")
+    data = REPO / "resources" / "data"
+    files = [root / "train.jsonl", root / "test.jsonl"]
+    flatten([Source("t", str(data / "sample_train.jsonl"), "train"), Source("s", str(data / "sample_test.jsonl"), "test")], *files)
+    prepare_base_model({"source": "tiny", "tiny": {"quantize": "gptq-int4", "group_size": 128, "calibration_prompts": 32}},
+                       [str(f) for f in files], str(root / "base"))
+    build_from_questions(files, root / "float", TinyShape())  # the same float model, built again (deterministic)
+    return {"root": root, "base": root / "base", "float": root / "float", "train": files[0]}
+
+
+def test_on_disk_format_is_qwens_gptq_int4(gptq: dict[str, Path]) -> None:
+    config = json.loads((gptq["base"] / "config.json").read_text())
+    quant = config["quantization_config"]
+    assert quant["quant_method"] == "gptq" and quant["bits"] == 4 and quant["group_size"] == 128
+    assert quant["sym"] is True and quant["desc_act"] is False and quant.get("checkpoint_format", "gptq") == "gptq"
+    with safe_open(gptq["base"] / "model.safetensors", "pt") as f:
+        names = set(f.keys())
+        for layer in range(config["num_hidden_layers"]):
+            for target in TARGETS:
+                prefix = f"model.layers.{layer}.{target}"
+                assert f"{prefix}.weight" not in names, f"{prefix} is still a float weight"
+                dtypes = {part: f.get_tensor(f"{prefix}.{part}").dtype for part in ("qweight", "qzeros", "scales", "g_idx")}
+                assert dtypes == {"qweight": torch.int32, "qzeros": torch.int32, "scales": torch.float16, "g_idx": torch.int32}, prefix
+        # 8 int4 values per int32: the packed weight is an eighth of the rows of the float one
+        q = f.get_tensor("model.layers.0.self_attn.q_proj.qweight")
+        assert q.shape == (config["hidden_size"] // 8, config["hidden_size"])
+    for name in ("tokenizer.json", "chat_template.jinja", "logivote_quant.json"):
+        assert (gptq["base"] / name).exists(), name
+
+
+def test_quantized_logits_stay_close_to_the_float_models(gptq: dict[str, Path]) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from logivote.flatten import read_questions
+    from logivote.quantize import calibration_texts
+
+    tokenizer = AutoTokenizer.from_pretrained(gptq["float"])
+    texts = calibration_texts(tokenizer, read_questions(gptq["train"]), 100)[-8:]  # not among the 32 calibration prompts
+    reference = AutoModelForCausalLM.from_pretrained(gptq["float"], dtype=torch.float32).eval()
+    quantized = AutoModelForCausalLM.from_pretrained(gptq["base"], dtype=torch.float32, device_map="cpu").eval()
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+            a, b = reference(input_ids=ids).logits[0], quantized(input_ids=ids).logits[0]
+            diff = float((a - b).abs().mean())
+            assert 0 < diff < 0.2 * float(a.abs().mean()), "quantization is either not there or far off"
+            assert float((a.argmax(-1) == b.argmax(-1)).float().mean()) > 0.95
+    logged = json.loads((gptq["base"] / "logivote_quant.json").read_text())["logits_vs_float"]
+    assert logged["top1_agreement"] > 0.95 and 0 < logged["mean_abs_logit_diff"] < 0.2 * logged["mean_abs_logit_float"]
+
+
+# A fresh process: gptqmodel's CPU kernel settles into its no-grad fused mode at its first forward,
+# and a no-grad forward earlier in this pytest process would leave no gradient through the int4 layers.
+LORA_STEPS = textwrap.dedent("""
+    import json, sys, torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+    from logivote.flatten import read_questions
+    from logivote.prompt import encode_example
+    from logivote.train import RECIPE_TARGETS, base_memory, load_base
+
+    tokenizer, model = load_base(sys.argv[1], torch.float32, on_gpu=False)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=RECIPE_TARGETS, task_type="CAUSAL_LM"))
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    grads = {}
+    for step, question in enumerate(read_questions(sys.argv[2])[:3]):
+        example = encode_example(tokenizer, question, 1800)
+        batch = {k: torch.tensor([v]) for k, v in example.items()}
+        model(**batch).loss.backward()
+        if step == 0:  # lora_B starts at zero, so its first gradient is the one that must reach every layer
+            grads = {n: float(p.grad.abs().sum()) for n, p in model.named_parameters() if "lora_B" in n}
+        optimizer.step()
+        optimizer.zero_grad()
+    after = model.state_dict()
+    changed = sorted(k for k in after if not torch.equal(after[k], before[k]))
+    print(json.dumps({"changed": changed, "all": sorted(after), "lora_B_grads": grads, "memory": base_memory(model),
+                      "kernels": sorted({type(m).__name__ for m in model.modules() if hasattr(m, "qweight")})}))
+""")
+
+
+def test_lora_steps_over_the_int4_base_change_only_lora_weights(gptq: dict[str, Path]) -> None:
+    run = subprocess.run([sys.executable, "-c", LORA_STEPS, str(gptq["base"]), str(gptq["train"])], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    lora = sorted(k for k in result["all"] if "lora_" in k)
+    assert len(lora) == 2 * 2 * len(TARGETS)  # A and B, 2 layers, 7 targets
+    assert result["changed"] == lora, "something other than LoRA changed, or a LoRA weight did not"
+    assert all(g > 0 for g in result["lora_B_grads"].values()), result["lora_B_grads"]
+    assert result["kernels"] and all("Lora" in k or "Linear" in k for k in result["kernels"])
+    assert result["memory"]["by_dtype"].get("int32", 0) > 0  # the frozen base is packed int4, not dequantized
+
+
+def test_group_size_must_divide_every_linear_input() -> None:
+    check_group_size(TinyShape(hidden_size=128, intermediate_size=256), 128)
+    with pytest.raises(ValueError, match="does not divide intermediate_size 320"):
+        check_group_size(TinyShape(hidden_size=128, intermediate_size=320), 128)
+    with pytest.raises(ValueError, match="not one of"):
+        QuantizeSettings.split({"quantize": "awq"})
