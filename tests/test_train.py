@@ -208,3 +208,11 @@ def test_killed_training_resumes_to_the_same_adapters(tiny: dict[str, Path], tmp
     assert re.search(r"resuming from \S+step-(30|40|50) \(step", resumed.stderr), resumed.stderr[-2000:]
     for i in range(k):
         assert_same_adapters(tmp_path / "reference" / str(i), tmp_path / "resumed" / str(i), atol=0)
+
+
+def test_gradient_checkpointing_gives_the_same_adapters(tiny: dict[str, Path], tmp_path: Path) -> None:
+    bags = subsets(tiny, {5: 0.1, 6: 0.1})
+    for name, settings in (("plain", EXACT), ("ckpt", replace(EXACT, gradient_checkpointing=True))):
+        train_adapters(tiny["base"], bags, {k: tmp_path / name / str(k) for k in bags}, tmp_path / f"c-{name}", settings)
+    for k in bags:
+        assert_same_adapters(tmp_path / "plain" / str(k), tmp_path / "ckpt" / str(k), atol=1e-9)

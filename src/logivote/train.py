@@ -303,13 +303,13 @@ def train_adapters(
         active = [i for i, stream in enumerate(streams) if step < len(stream)]
         batch = [examples[i][streams[i][step]] for i in active]
         ids, mask, rows, cols, targets = _batch(batch, pad_id, device)
-        with lora.rows(active):
+        with lora.rows(active):  # through the backward too: gradient checkpointing reruns the forward there
             hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
-        logits = head(hidden[rows, cols]).float()
-        token_loss = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
-        counts = torch.bincount(rows, minlength=len(active)).clamp(min=1)
-        row_loss = torch.zeros(len(active), device=token_loss.device).index_add(0, rows, token_loss) / counts
-        (row_loss.sum() / settings.grad_accum).backward()
+            logits = head(hidden[rows, cols]).float()
+            token_loss = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+            counts = torch.bincount(rows, minlength=len(active)).clamp(min=1)
+            row_loss = torch.zeros(len(active), device=token_loss.device).index_add(0, rows, token_loss) / counts
+            (row_loss.sum() / settings.grad_accum).backward()
         for row, i in enumerate(active):
             losses[i].append(float(row_loss[row].detach()))
             if (step + 1) % settings.grad_accum == 0 or step + 1 == len(streams[i]):
