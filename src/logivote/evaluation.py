@@ -1,0 +1,173 @@
+"""How good the ensemble is, from answers with known gold letters (issue 11, first part: the metrics).
+
+Inputs are plain mappings, so every metric can be checked on hand-made cases:
+``answers[adapter][qid]`` is an adapter's answer (a letter, or ``"invalid"``),
+``gold[qid]`` the right letter, ``n_options[qid]`` how many options a question
+has. A question an adapter did not answer is simply absent from its mapping.
+
+Votes follow round 1 of :mod:`logivote.voting`: every valid letter is one vote,
+the winner has the most votes, ties go to the alphabetically first letter; a
+question with no valid vote has no winner and counts as wrong. The
+logprob-weighted rule instead adds each vote's probability ``exp(logprob)``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .contracts import INVALID
+
+Answers = Mapping[str, Mapping[str, str]]
+
+
+def wilson(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion ``correct / n`` (``(0, 1)`` when ``n`` is 0)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def per_adapter(answers: Answers, gold: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Accuracy with its Wilson interval, invalid count and answer-letter distribution, per adapter.
+
+    Only questions with a gold letter count; an adapter with none has ``n = 0`` and accuracy ``None``.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for adapter, given in answers.items():
+        scored = {qid: a for qid, a in given.items() if qid in gold}
+        correct = sum(a == gold[qid] for qid, a in scored.items())
+        lo, hi = wilson(correct, len(scored))
+        out[adapter] = {
+            "n": len(scored),
+            "correct": correct,
+            "accuracy": correct / len(scored) if scored else None,
+            "wilson_low": lo,
+            "wilson_high": hi,
+            "invalid": sum(a == INVALID for a in scored.values()),
+            "letters": dict(sorted(Counter(a for a in scored.values() if a != INVALID).items())),
+        }
+    return out
+
+
+def winner(votes: Sequence[str], weights: Sequence[float] | None = None) -> str | None:
+    """The letter with the most (weighted) valid votes; ties alphabetically; ``None`` without a valid vote."""
+    totals: dict[str, float] = {}
+    for i, vote in enumerate(votes):
+        if vote != INVALID:
+            totals[vote] = totals.get(vote, 0.0) + (1.0 if weights is None else weights[i])
+    if not totals:
+        return None
+    best = max(totals.values())
+    return min(letter for letter, total in totals.items() if total == best)
+
+
+def ensemble(answers: Answers, gold: Mapping[str, str], voters: Sequence[str] | None = None,
+             logprobs: Mapping[str, Mapping[str, float | None]] | None = None) -> dict[str, Any]:
+    """Accuracy of the vote of ``voters`` (default: all) on every gold question at least one of them answered.
+
+    With ``logprobs`` (same layout as ``answers``) each vote weighs its probability; a vote
+    without a logprob weighs 1. Returns accuracy, n, and the mean number of voters per question.
+    """
+    chosen = list(answers) if voters is None else list(voters)
+    correct = n = n_votes = 0
+    for qid, right in gold.items():
+        votes = [(v, answers[v][qid]) for v in chosen if qid in answers[v]]
+        if not votes:
+            continue
+        weights = None
+        if logprobs is not None:
+            weights = [math.exp(lp) if (lp := logprobs.get(a, {}).get(qid)) is not None else 1.0 for a, _ in votes]
+        n += 1
+        n_votes += len(votes)
+        correct += winner([v for _, v in votes], weights) == right
+    return {"n": n, "correct": correct, "accuracy": correct / n if n else None, "mean_voters": n_votes / n if n else 0.0}
+
+
+def vote_size_curve(answers: Answers, gold: Mapping[str, str], sizes: Sequence[int] | None = None,
+                    draws: int = 100, seed: int = 0) -> list[dict[str, Any]]:
+    """Ensemble accuracy against the number of voters: for each n, ``draws`` random sets of n adapters.
+
+    Returns, per n, the mean and the 10th/90th percentiles of accuracy over the draws (all
+    ``C(N, n)`` sets when there are fewer than ``draws``). Sizes above the number of adapters are skipped.
+    """
+    names = sorted(answers)
+    rng = random.Random(seed)
+    out = []
+    for n in sizes or range(1, len(names) + 1):
+        if not 1 <= n <= len(names):
+            continue
+        if math.comb(len(names), n) <= draws:
+            from itertools import combinations
+
+            sets = [list(c) for c in combinations(names, n)]
+        else:
+            sets = [rng.sample(names, n) for _ in range(draws)]
+        scores = sorted(ensemble(answers, gold, s)["accuracy"] or 0.0 for s in sets)
+        out.append({"voters": n, "sets": len(sets), "mean": sum(scores) / len(scores),
+                    "p10": _quantile(scores, 0.1), "p90": _quantile(scores, 0.9)})
+    return out
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolation quantile of already sorted values."""
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = q * (len(sorted_values) - 1)
+    low = math.floor(pos)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
+
+
+def by_vote_share(answers: Answers, gold: Mapping[str, str], edges: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)) -> list[dict[str, Any]]:
+    """Ensemble accuracy by the winner's share of all adapters' votes (is a 12-of-21 majority trustworthy?).
+
+    Bucket ``[edges[i-1], edges[i])`` (the last one closed); shares below the first edge form the first bucket.
+    """
+    adapters = list(answers)
+    buckets: list[dict[str, Any]] = [{"low": lo, "high": hi, "n": 0, "correct": 0}
+                                     for lo, hi in zip((0.0, *edges[:-1]), edges)]
+    for qid, right in gold.items():
+        votes = [answers[a][qid] for a in adapters if qid in answers[a]]
+        top = winner(votes)
+        if top is None:
+            continue
+        share = sum(v == top for v in votes) / len(adapters)
+        bucket = next((b for b in buckets if b["low"] <= share < b["high"]), buckets[-1])
+        bucket["n"] += 1
+        bucket["correct"] += top == right
+    for bucket in buckets:
+        bucket["accuracy"] = bucket["correct"] / bucket["n"] if bucket["n"] else None
+    return buckets
+
+
+def baselines(gold: Mapping[str, str], n_options: Mapping[str, int], train_letters: Sequence[str]) -> dict[str, Any]:
+    """What no model needs: always the most frequent training letter, and the expected accuracy of uniform guessing."""
+    if not gold:
+        return {"n": 0, "most_frequent_letter": None, "most_frequent_accuracy": None, "uniform_random_accuracy": None}
+    counts = Counter(train_letters)
+    letter = min(counts, key=lambda x: (-counts[x], x)) if counts else "A"
+    return {
+        "n": len(gold),
+        "most_frequent_letter": letter,
+        "most_frequent_accuracy": sum(g == letter for g in gold.values()) / len(gold),
+        "uniform_random_accuracy": sum(1 / n_options[qid] for qid in gold) / len(gold),
+    }
+
+
+def pairwise_agreement(answers: Answers) -> dict[str, dict[str, float | None]]:
+    """Share of the questions two adapters both answered validly on which they gave the same letter."""
+    names = list(answers)
+    out: dict[str, dict[str, float | None]] = {}
+    for a in names:
+        out[a] = {}
+        for b in names:
+            common = [q for q in answers[a] if q in answers[b] and INVALID not in (answers[a][q], answers[b][q])]
+            out[a][b] = sum(answers[a][q] == answers[b][q] for q in common) / len(common) if common else None
+    return out
