@@ -126,11 +126,14 @@ def test_killed_server_fails_the_rule_and_the_rerun_asks_only_what_is_missing(tm
 def test_ctrl_c_during_predict_leaves_no_server_behind(full_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     workdir, result = full_run
     assert result.returncode == 0
-    for stale in ("results/predictions", "results/cache"):
-        shutil.rmtree(workdir / stale)
+    # remove what predict makes and everything downstream of it: with the submission still there, Snakemake
+    # would not rerun predict for its missing outputs alone (the run would end at once, doing nothing)
+    for stale in ("results/predictions", "results/cache", "results/votes", "results/submission.jsonl"):
+        path = workdir / stale
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     # the full run left logs/predict.log saying "healthy after": wait for *this* run's server, not that log
     log = workdir / "logs/predict.log"
-    log.unlink()
+    log.unlink(missing_ok=True)
     # Ctrl-C in a terminal sends SIGINT to the whole foreground process group: do the same
     run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=workdir, start_new_session=True,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

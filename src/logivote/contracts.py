@@ -16,6 +16,20 @@ unless said otherwise, written atomically (see :mod:`logivote.jsonl`).
     The out-of-bag question ids of bag ``k``, one per line, in training-file
     order (the questions of ``train.jsonl`` that bag ``k`` left out).
 
+``results/base_model/tiny/`` — a Hugging Face model folder
+    config.json, model.safetensors, tokenizer files, ``logivote_tiny.json`` (the
+    shape). With ``tiny.quantize: gptq-int4`` the folder is in Qwen's GPTQ-Int4
+    layout (``quantization_config.quant_method: gptq`` in config.json;
+    ``qweight``/``qzeros``/``scales``/``g_idx`` per linear) and
+    ``logivote_quant.json`` holds the logits' distance to the float model.
+
+``results/train_jobs/{job}/{k}/`` and ``results/adapters/{k}/`` — a peft adapter folder
+    ``adapter_config.json`` + ``adapter_model.safetensors`` (keys
+    ``base_model.model.<module>.lora_{A,B}.weight``, float32) + ``logivote_train.json``
+    (settings, examples, steps, the job's adapters, final loss). Training job
+    ``job`` holds adapters ``job*K … job*K+K-1`` (``train.adapters_per_job``);
+    ``results/adapters/{k}/`` holds hard links to its files.
+
 ``results/predictions/{k}.jsonl`` — :class:`Prediction`
     One line per test question answered by adapter ``k``.
 

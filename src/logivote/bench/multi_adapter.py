@@ -90,15 +90,46 @@ def settings_for(on_gpu: bool, steps: int) -> TrainSettings:
                          lora_dropout=0.05)
 
 
-def run_multi(base: Path, subsets: dict[int, Path], workdir: Path, steps: int, peak: float) -> dict[str, Any]:
+class Profiled(Clock):
+    """A :class:`Clock` that also records steps 11-20 with torch.profiler: where the time of a step goes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.profiler: Any = None
+        self.table = ""
+        self.gpu_busy_ms = 0.0
+        self.wall_ms = 0.0
+
+    def __call__(self, stats: StepStats) -> None:
+        super().__call__(stats)
+        if stats.step == 10:
+            activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+            self._t0 = time.perf_counter()
+        elif stats.step == 20 and self.profiler is not None:
+            self.wall_ms = 1e3 * (time.perf_counter() - self._t0) / 10
+            self.profiler.__exit__(None, None, None)
+            events = self.profiler.key_averages()
+            key = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+            self.table = events.table(sort_by=key, row_limit=12, max_name_column_width=60)
+            self.gpu_busy_ms = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / 1e3 / 10
+            self.profiler = None
+
+
+def run_multi(base: Path, subsets: dict[int, Path], workdir: Path, steps: int, peak: float, profile: bool = False) -> dict[str, Any]:
     on_gpu = torch.cuda.is_available()
     if on_gpu:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    clock = Clock()
+    clock = Profiled() if profile else Clock()
     tag = f"k{len(subsets)}-{time.time_ns()}"
     train_adapters(base, subsets, {k: workdir / tag / str(k) for k in subsets}, workdir / f"ckpt-{tag}", settings_for(on_gpu, steps), on_step=clock)
-    return summarize(clock, base, peak, len(subsets))
+    result = summarize(clock, base, peak, len(subsets))
+    if profile:
+        print(f"--- profile, K={len(subsets)}, steps 11-20: {clock.wall_ms:.1f} ms per step, GPU busy {clock.gpu_busy_ms:.1f} ms per step\n{clock.table}", flush=True)
+        result.update(profiled_step_ms=clock.wall_ms, gpu_busy_ms_per_step=clock.gpu_busy_ms)
+    return result
 
 
 def summarize(clock: Clock, base: Path, peak: float, k: int) -> dict[str, Any]:
@@ -160,6 +191,9 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=["qwen0.5b", "qwen32b-4layers"])
     parser.add_argument("--ks", nargs="+", type=int, default=[1, 3, 7, 21])
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--profile", action="store_true", help="torch.profiler over 10 steps of each K: top kernels and GPU busy time")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the Trainer + peft reference")
+    parser.add_argument("--quantize", choices=("none", "gptq-int4"), default="none", help="train over a GPTQ-Int4 copy of each shape")
     args = parser.parse_args()
     lengths = json.loads(LENGTHS.read_text())["lengths"]
     peak = measured_peak_tflops()
@@ -182,13 +216,20 @@ def main() -> None:
             subsets = {k: work / f"{shape}-subset-{k}.jsonl" for k in range(max(args.ks))}
             drawn = [t for k, path in subsets.items() for t in synthetic_subset(path, args.steps, k, tokenizer, lengths)]
             common = {"shape": shape, "steps": args.steps, "mean_target_tokens": sum(drawn) / len(drawn)}
-            try:
-                emit({**common, **trainer_baseline(base, subsets[0], work, args.steps, peak)})
-            except Exception as err:  # noqa: BLE001 - a failing case must not lose the others
-                emit({**common, "path": "trainer+peft (before)", "error": f"{type(err).__name__}: {err}"[:1000]})
+            if args.quantize == "gptq-int4":
+                from .train_gpu import quantized_base
+
+                common.update(quantize="gptq-int4", **quantized_base(base, work / f"base-{shape}-gptq", 272))
+                base = work / f"base-{shape}-gptq"
+            if not args.no_baseline:
+                try:
+                    emit({**common, **trainer_baseline(base, subsets[0], work, args.steps, peak)})
+                except Exception as err:  # noqa: BLE001 - a failing case must not lose the others
+                    emit({**common, "path": "trainer+peft (before)", "error": f"{type(err).__name__}: {err}"[:1000]})
             for k in args.ks:
                 try:
-                    emit({**common, "path": "train_adapters", **run_multi(base, {i: subsets[i] for i in range(k)}, work, args.steps, peak)})
+                    emit({**common, "path": "train_adapters",
+                          **run_multi(base, {i: subsets[i] for i in range(k)}, work, args.steps, peak, args.profile)})
                 except torch.OutOfMemoryError:
                     emit({**common, "path": "train_adapters", "K": k, "error": "OOM"})
                 except Exception as err:  # noqa: BLE001
