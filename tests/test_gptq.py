@@ -90,15 +90,17 @@ LORA_STEPS = textwrap.dedent("""
 
     tokenizer, model = load_base(sys.argv[1], torch.float32, on_gpu=False)
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=RECIPE_TARGETS, task_type="CAUSAL_LM"))
-    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    grads = {}
+    grads, before = {}, {}
     for step, question in enumerate(read_questions(sys.argv[2])[:3]):
         example = encode_example(tokenizer, question, 1800)
         batch = {k: torch.tensor([v]) for k, v in example.items()}
         model(**batch).loss.backward()
         if step == 0:  # lora_B starts at zero, so its first gradient is the one that must reach every layer
             grads = {n: float(p.grad.abs().sum()) for n, p in model.named_parameters() if "lora_B" in n}
+            # the snapshot comes after the first forward: gptqmodel's CPU kernel repacks its int4 buffers
+            # (qweight, qzeros, scales) once, at its first forward; that is a change of layout, not training
+            before = {k: v.detach().clone() for k, v in model.state_dict().items()}
         optimizer.step()
         optimizer.zero_grad()
     after = model.state_dict()
