@@ -77,7 +77,8 @@ def test_two_clones_give_byte_identical_subsets(tmp_path: Path, workflow_copy: P
     other = tmp_path / "other"
     shutil.copytree(workflow_copy, other)
     for root in (workflow_copy, other):
-        (root / "three.yaml").write_text("bagging: {n_subsets: 3, fraction: 0.8, base_seed: 2024}\n")
+        # no dev split: the bags are drawn from every training question, as the pinned hash was
+        (root / "three.yaml").write_text("bagging: {n_subsets: 3, fraction: 0.8, base_seed: 2024}\nevaluation: {dev_fraction: 0.0}\n")
         targets = [f"results/subsets/{k}.{ext}" for k in range(3) for ext in ("jsonl", "oob.txt")]
         result = run_snakemake(root, *targets, "--configfile", "three.yaml")
         assert result.returncode == 0, result.stderr
@@ -86,3 +87,43 @@ def test_two_clones_give_byte_identical_subsets(tmp_path: Path, workflow_copy: P
     assert first == second
     assert first["0.jsonl"] == SUBSET0_SHA256
     assert len(set(first.values())) == 6
+
+
+def test_dev_split_holds_out_whole_puzzles_reproducibly(tmp_path: Path) -> None:
+    from logivote.bagging import split_dev, write_dev_split
+
+    questions = [Question(qid=f"p{p}#{i}", puzzle_id=f"p{p}", question_index=i, source="t", problem=f"P{p}",
+                          question="Q", options=["x", "y"], answer="A") for p in range(20) for i in range(3)]
+    pool, dev = split_dev(questions, 7, 0.25)
+    assert len({q["puzzle_id"] for q in dev}) == 5 and len(dev) == 15
+    assert not {q["puzzle_id"] for q in dev} & {q["puzzle_id"] for q in pool}  # no puzzle on both sides
+    assert [q["qid"] for q in pool + dev] != [q["qid"] for q in questions]  # a real selection...
+    assert sorted(q["qid"] for q in pool + dev) == sorted(q["qid"] for q in questions)  # ...of everything, once
+    assert split_dev(questions, 7, 0.25) == (pool, dev)
+    assert split_dev(questions, 8, 0.25)[1] != dev
+    assert split_dev(questions, 7, 0.0) == (questions, [])
+    with pytest.raises(ValueError, match="dev_fraction"):
+        split_dev(questions, 7, 1.0)
+    from logivote.jsonl import atomic_write_jsonl
+
+    atomic_write_jsonl(tmp_path / "train.jsonl", questions)
+    write_dev_split(tmp_path / "train.jsonl", 7, 0.0, tmp_path / "pool.jsonl", tmp_path / "dev.jsonl")
+    assert (tmp_path / "pool.jsonl").read_bytes() == (tmp_path / "train.jsonl").read_bytes()  # no dev: the recipe's bags
+    assert (tmp_path / "dev.jsonl").read_bytes() == b""
+
+
+def test_dev_split_is_byte_identical_across_clones_and_in_no_bag(tmp_path: Path, workflow_copy: Path) -> None:
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(workflow_copy, other)
+    targets = ["results/data/dev.jsonl"] + [f"results/subsets/{k}.jsonl" for k in range(21)]
+    for root in (workflow_copy, other):
+        result = run_snakemake(root, *targets)  # the embedded default: a fifth of the puzzles held out
+        assert result.returncode == 0, result.stderr
+    dev = [(root / "results/data/dev.jsonl").read_bytes() for root in (workflow_copy, other)]
+    assert dev[0] == dev[1] and dev[0]
+    dev_puzzles = {q["puzzle_id"] for q in read_questions(workflow_copy / "results/data/dev.jsonl")}
+    assert len(dev_puzzles) == 8  # 0.2 of the sample's 40 puzzles
+    for k in range(21):
+        assert not dev_puzzles & {q["puzzle_id"] for q in read_questions(workflow_copy / f"results/subsets/{k}.jsonl")}, k

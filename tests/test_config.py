@@ -17,9 +17,25 @@ def test_dry_run_shows_the_dag(workflow_copy: Path) -> None:
     result = run_snakemake(workflow_copy, "-n")
     assert result.returncode == 0, result.stderr
     assert job_counts(result.stdout) == {
-        "flatten": "1", "subset": "21", "base_model": "1", "train_lora": "2", "adapter": "21",
-        "predict": "1", "vote": "1", "revote": "1", "submission": "1", "all": "1",
+        "flatten": "1", "dev_split": "1", "subset": "21", "base_model": "1", "train_lora": "2", "adapter": "21",
+        "predict": "1", "vote": "1", "revote": "1", "submission": "1", "evaluate": "1", "plots": "1", "all": "1",
     }
+
+
+def test_evaluation_off_leaves_no_evaluation_job(workflow_copy: Path) -> None:
+    (workflow_copy / "off.yaml").write_text("evaluation: {enabled: false}\n")
+    result = run_snakemake(workflow_copy, "-n", "--configfile", "off.yaml")
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert not {"dev_split", "evaluate", "plots"} & counts.keys(), counts
+    assert "results/eval/" not in result.stdout and "results/data/pool.jsonl" not in result.stdout
+
+
+def test_evaluation_is_reachable_by_name(workflow_copy: Path) -> None:
+    result = run_snakemake(workflow_copy, "evaluate", "-n")
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert counts["evaluate"] == "1" and "plots" not in counts and "submission" not in counts
 
 
 @pytest.mark.parametrize("k, jobs", [(1, 21), (3, 7), (7, 3), (8, 3), (21, 1), (30, 1)])

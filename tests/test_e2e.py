@@ -74,8 +74,24 @@ def test_default_dag_goes_from_raw_files_to_a_submission(full_run: tuple[Path, s
     server_log = (workdir / "logs/vllm/predict.log").read_text()
     assert re.search(r"quantization=\S*gptq", server_log), "vLLM did not load the base as GPTQ"
     assert "CPUWNA16" in server_log, "vLLM did not use its int4 CPU kernel"
+    metrics = json.loads((workdir / "results/eval/metrics.json").read_text())
+    assert metrics["dev"]["questions"] == 24 and len(metrics["oob"]["per_adapter"]) == 21
+    assert metrics["baselines"]["most_frequent_accuracy"] is not None
+    assert metrics["test"]["questions"] == 36
     dry = run_snakemake(workdir, "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_report_holds_every_plot_and_the_metrics_tables(full_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    workdir, result = full_run
+    assert result.returncode == 0
+    report = run_snakemake(workdir, "--report", "results/report.html")
+    assert report.returncode == 0, (report.stdout + report.stderr)[-3000:]
+    html = (workdir / "results/report.html").read_text(encoding="utf-8")
+    for name in ("adapter_accuracy.svg", "vote_size.svg", "vote_share_accuracy.svg", "round1_vote_share.svg", "agreement.svg",
+                 "adapters.tsv", "vote_size.tsv"):
+        assert name in html, f"{name} is not in the report"
+    assert "figures as optimistic" in html  # the workflow description, with its warning that OOB is optimistic
 
 
 def test_killed_server_fails_the_rule_and_the_rerun_asks_only_what_is_missing(tmp_path: Path) -> None:

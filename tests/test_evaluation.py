@@ -97,3 +97,59 @@ def test_pairwise_agreement() -> None:
     assert got["a"]["a"] == 1.0
     assert got["a"]["b"] == pytest.approx(1 / 3)  # q1 same, q2 and q3 differ, q4 is invalid for a: left out
     assert got["a"]["d"] is None
+
+
+def test_evaluate_writes_metrics_and_tables(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    from logivote.evaluation import evaluate
+    from logivote.jsonl import atomic_write_jsonl
+
+    n_options = {"q1": 2, "q2": 4, "q3": 4, "q4": 5}
+    dev, oob, preds = {}, {}, {}
+    for k, name in enumerate("abc"):
+        dev[k] = tmp_path / f"dev{k}.jsonl"
+        atomic_write_jsonl(dev[k], [{"qid": q, "answer": a, "logprob": -0.1, "gold": GOLD[q], "n_options": n_options[q]}
+                                    for q, a in ANSWERS[name].items()])
+        oob[k] = tmp_path / f"oob{k}.jsonl"
+        atomic_write_jsonl(oob[k], [] if k == 2 else [{"qid": f"o{k}", "answer": "A", "logprob": None, "gold": "A", "n_options": 2}])
+        preds[k] = tmp_path / f"pred{k}.jsonl"
+        atomic_write_jsonl(preds[k], [{"qid": "t1", "answer": "AAB"[k], "logprob": None}, {"qid": "t2", "answer": "invalid", "logprob": None}])
+    pool = tmp_path / "pool.jsonl"
+    atomic_write_jsonl(pool, [{"qid": f"p#{i}", "puzzle_id": "p", "question_index": i, "source": "s", "problem": "P", "question": "Q",
+                               "options": ["x", "y"], "answer": letter} for i, letter in enumerate("BBA")])
+    round1 = tmp_path / "r1.jsonl"
+    atomic_write_jsonl(round1, [{"qid": "t1", "counts": {"A": 2, "B": 1}, "n_adapters": 3, "n_valid": 3, "n_invalid": 0, "n_missing": 0,
+                                 "winner": "A", "share": 2 / 3, "strict_majority": True},
+                                {"qid": "t2", "counts": {}, "n_adapters": 3, "n_valid": 0, "n_invalid": 3, "n_missing": 0,
+                                 "winner": None, "share": 0.0, "strict_majority": False}])
+    round2 = tmp_path / "r2.jsonl"
+    atomic_write_jsonl(round2, [{"qid": "t2", "counts": {"C": 4}, "winner": "C", "n_valid": 4, "n_invalid": 2}])
+    dev_questions = tmp_path / "dev.jsonl"
+    atomic_write_jsonl(dev_questions, [{"qid": q, "puzzle_id": q, "question_index": 0, "source": "s", "problem": "P", "question": "Q",
+                                        "options": ["o"] * n_options[q], "answer": GOLD[q]} for q in GOLD])
+    dev_round2 = tmp_path / "dev_r2.jsonl"
+    atomic_write_jsonl(dev_round2, [{"qid": "q3", "counts": {"A": 1, "C": 5}, "n_valid": 6, "n_invalid": 0},
+                                    {"qid": "q4", "counts": {"B": 4}, "n_valid": 4, "n_invalid": 2}])
+    out = {name: tmp_path / name for name in ("m.json", "a.tsv", "v.tsv")}
+    metrics = evaluate(oob, dev, str(pool), preds, str(round1), str(round2), *map(str, out.values()), draws=10, seed=1,
+                       dev_questions_path=str(dev_questions), dev_round2_path=str(dev_round2))
+    # dev round 1: q1 A (2 of 3, strict), q2 B (strict), q3 A by the alphabetical tie-break (1 each), q4 A (1 of 3): 3 of 4 right;
+    # round 2 re-asked q3 and q4: q3 becomes C (right), q4 becomes B (wrong): still 3 of 4, two answers changed
+    assert metrics["dev"]["round2"] == {"questions": 4, "to_round2": 2, "changed_in_round2": 2,
+                                        "round1_accuracy": 0.75, "round1_and_round2_accuracy": 0.75}
+    assert json.loads(out["m.json"].read_text()) == json.loads(json.dumps(metrics))
+    assert metrics["oob"]["per_adapter"]["2"]["n"] == 0  # an adapter with no out-of-bag question
+    assert metrics["oob"]["ensemble"] == {"n": 2, "correct": 2, "accuracy": 1.0, "mean_voters": 1.0}
+    assert metrics["dev"]["ensemble"]["correct"] == 3 and metrics["dev"]["questions"] == 4
+    assert [r["voters"] for r in metrics["dev"]["vote_size_curve"]] == [1, 2, 3]
+    assert metrics["baselines"]["questions"] == "dev" and metrics["baselines"]["most_frequent_letter"] == "B"
+    assert metrics["baselines"]["most_frequent_accuracy"] == 0.25  # only q2's gold is B
+    test = metrics["test"]
+    assert (test["to_round2"], test["changed_in_round2"]) == (1, 1)  # t2: no round-1 winner, C in round 2
+    assert test["invalid_per_adapter"] == {"0": 1, "1": 1, "2": 1}
+    assert sum(b["n"] for b in test["vote_share_histogram"]) == 2
+    assert next(b for b in test["vote_share_histogram"] if b["low"] == 0.6)["n"] == 1  # t1: 2 of 3
+    rows = out["a.tsv"].read_text().splitlines()
+    assert rows[0].startswith("adapter\tsplit\tn") and len(rows) == 1 + 3 + 3
+    assert out["v.tsv"].read_text().splitlines()[1].startswith("1\t3\t")

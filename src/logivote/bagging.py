@@ -63,3 +63,27 @@ def write_subset(
 def read_oob(path: str | os.PathLike[str]) -> list[str]:
     with open(path, encoding="utf-8") as handle:
         return [line.strip() for line in handle if line.strip()]
+
+
+def split_dev(questions: Sequence[Question], seed: int, fraction: float) -> tuple[list[Question], list[Question]]:
+    """Hold out ``round(fraction × puzzles)`` whole puzzles as a dev set: (bagging pool, dev), both in input order.
+
+    Whole puzzles, because a puzzle's questions share its text: splitting by question would leak.
+    Puzzles are ordered by ``sha256(f"dev:{seed}:{puzzle_id}")``, so the split is byte-identical on any machine.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"evaluation.dev_fraction must be in [0, 1), got {fraction}")
+    puzzles = list(dict.fromkeys(q["puzzle_id"] for q in questions))
+    held = set(sorted(puzzles, key=lambda p: shuffle_key(seed, f"dev:{p}"))[: round(fraction * len(puzzles))])
+    return [q for q in questions if q["puzzle_id"] not in held], [q for q in questions if q["puzzle_id"] in held]
+
+
+def write_dev_split(train_path: str | os.PathLike[str], seed: int, fraction: float,
+                    pool_out: str | os.PathLike[str], dev_out: str | os.PathLike[str]) -> tuple[int, int]:
+    """Rule ``dev_split``: ``results/data/pool.jsonl`` (what the bags draw from) and ``results/data/dev.jsonl``."""
+    pool, dev = split_dev(read_questions(train_path), seed, fraction)
+    atomic_write_jsonl(dev_out, dev)
+    atomic_write_jsonl(pool_out, pool)
+    log.info("dev split (seed %d, fraction %g): %d dev questions from %d puzzles; %d questions left to bag",
+             seed, fraction, len(dev), len({q["puzzle_id"] for q in dev}), len(pool))
+    return len(pool), len(dev)

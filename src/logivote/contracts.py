@@ -33,6 +33,24 @@ unless said otherwise, written atomically (see :mod:`logivote.jsonl`).
 ``results/predictions/{k}.jsonl`` — :class:`Prediction`
     One line per test question answered by adapter ``k``.
 
+``results/data/pool.jsonl`` and ``results/data/dev.jsonl`` — :class:`Question`
+    The training questions split by whole puzzles (``evaluation.dev_fraction``):
+    the bags are drawn from the pool; dev puzzles are in no bag.
+
+``results/eval/oob/{k}.jsonl`` and ``results/eval/dev/{k}.jsonl`` — :class:`EvalPrediction`
+    Adapter ``k``'s greedy answers to its out-of-bag questions (pool order) and
+    to every dev question (dev order), with the gold letter.
+
+``results/eval/metrics.json`` — a JSON object (:func:`logivote.evaluation.evaluate`)
+    ``oob``: per adapter (n, correct, accuracy, Wilson interval, invalid,
+    letters) and the out-of-bag ensemble; ``dev``: per adapter, ensemble,
+    logprob-weighted ensemble, vote-size curve, accuracy by vote share (each
+    ``null`` without a dev split); ``baselines`` on the dev (else out-of-bag)
+    questions; ``test``: round-1 vote-share histogram, questions sent to round 2
+    and changed there, invalid answers per adapter, pairwise agreement.
+    ``results/eval/adapters.tsv`` and ``results/eval/vote_size.tsv`` are the
+    same figures as tables.
+
 ``results/votes/round1.jsonl`` — :class:`Round1Row`
     One line per test question, in test order.
 
@@ -82,6 +100,16 @@ class Prediction(TypedDict):
     qid: str
     answer: str
     logprob: float | None
+
+
+class EvalPrediction(TypedDict):
+    """One adapter's answer to one question with a known answer (out-of-bag or dev)."""
+
+    qid: str
+    answer: str
+    logprob: float | None
+    gold: str
+    n_options: int
 
 
 class Round1Row(TypedDict):

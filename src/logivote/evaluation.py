@@ -13,13 +13,18 @@ logprob-weighted rule instead adds each vote's probability ``exp(logprob)``.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .contracts import INVALID
+
+log = logging.getLogger(__name__)
 
 Answers = Mapping[str, Mapping[str, str]]
 
@@ -171,3 +176,127 @@ def pairwise_agreement(answers: Answers) -> dict[str, dict[str, float | None]]:
             common = [q for q in answers[a] if q in answers[b] and INVALID not in (answers[a][q], answers[b][q])]
             out[a][b] = sum(answers[a][q] == answers[b][q] for q in common) / len(common) if common else None
     return out
+
+
+RECIPE_VOTE_SIZES = (15, 17, 19, 21, 25)  # the vote sizes the recipe's authors tried
+
+
+def read_eval(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of a ``results/eval/{oob,dev}/{k}.jsonl`` file (:class:`~logivote.contracts.EvalPrediction`)."""
+    from .jsonl import iter_jsonl
+
+    if os.path.getsize(path) == 0:
+        return []
+    return [row for _, row in iter_jsonl(path)]
+
+
+def _tables(paths: Mapping[int, str]) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, float | None]], dict[str, str], dict[str, int]]:
+    answers: dict[str, dict[str, str]] = {}
+    logprobs: dict[str, dict[str, float | None]] = {}
+    gold: dict[str, str] = {}
+    n_options: dict[str, int] = {}
+    for k, path in sorted(paths.items()):
+        name = str(k)
+        answers[name], logprobs[name] = {}, {}
+        for row in read_eval(path):
+            answers[name][row["qid"]] = row["answer"]
+            logprobs[name][row["qid"]] = row["logprob"]
+            gold[row["qid"]] = row["gold"]
+            n_options[row["qid"]] = row["n_options"]
+    return answers, logprobs, gold, n_options
+
+
+def test_set_diagnostics(prediction_paths: Mapping[int, str], round1: Sequence[Mapping[str, Any]], round2: Sequence[Mapping[str, Any]],
+                     final: Mapping[str, str | None]) -> dict[str, Any]:
+    """No gold needed: round-1 vote shares, round 2's reach, invalid answers, agreement between adapters."""
+    from .voting import read_predictions
+
+    answers = {str(k): {qid: p["answer"] for qid, p in read_predictions(path).items()} for k, path in sorted(prediction_paths.items())}
+    shares = [row["counts"].get(row["winner"], 0) / row["n_adapters"] if row["winner"] else 0.0 for row in round1]
+    histogram = [{"low": i / 10, "high": (i + 1) / 10, "n": sum(i / 10 <= s < (i + 1) / 10 or (i == 9 and s == 1.0) for s in shares)}
+                 for i in range(10)]
+    winners = {row["qid"]: row["winner"] for row in round1}
+    return {
+        "questions": len(round1),
+        "vote_share_histogram": histogram,
+        "to_round2": len(round2),
+        "changed_in_round2": sum(final.get(row["qid"]) != winners.get(row["qid"]) for row in round2),
+        "invalid_per_adapter": {a: sum(v == INVALID for v in given.values()) for a, given in answers.items()},
+        "pairwise_agreement": pairwise_agreement(answers),
+    }
+
+
+def round2_value(dev_questions: Sequence[Mapping[str, Any]], dev_paths: Mapping[int, str], dev_round2: Sequence[Mapping[str, Any]],
+                 gold: Mapping[str, str]) -> dict[str, Any]:
+    """Dev accuracy of round 1 alone against round 1 + round 2 (the configured rule of :mod:`logivote.voting`)."""
+    from .inference import dev_round1
+    from .voting import final_answers
+
+    round1 = dev_round1(dev_questions, dev_paths)  # type: ignore[arg-type]
+    final = final_answers(round1, dev_round2)  # type: ignore[arg-type]
+    first = {row["qid"]: row["winner"] for row in round1}
+    n = len(gold)
+    return {
+        "questions": n,
+        "to_round2": len(dev_round2),
+        "changed_in_round2": sum(final.get(row["qid"]) != first.get(row["qid"]) for row in dev_round2),
+        "round1_accuracy": sum(first.get(q) == g for q, g in gold.items()) / n if n else None,
+        "round1_and_round2_accuracy": sum(final.get(q) == g for q, g in gold.items()) / n if n else None,
+    }
+
+
+def evaluate(oob_paths: Mapping[int, str], dev_paths: Mapping[int, str], pool_path: str, prediction_paths: Mapping[int, str],
+             round1_path: str, round2_path: str, out_json: str, out_adapters: str, out_vote_size: str,
+             draws: int = 100, seed: int = 0, dev_questions_path: str | None = None, dev_round2_path: str | None = None) -> dict[str, Any]:
+    """Rule ``evaluate``: ``results/eval/metrics.json`` and its two tables (contract in :mod:`logivote.contracts`)."""
+    from .flatten import read_questions
+    from .inference import read_rows
+    from .jsonl import atomic_write_text
+    from .voting import final_answers
+
+    oob, _, oob_gold, oob_options = _tables(oob_paths)
+    dev, dev_logprobs, dev_gold, dev_options = _tables(dev_paths)
+    train_letters = [str(q["answer"]) for q in read_questions(pool_path)]
+    round1, round2 = read_rows(round1_path), read_rows(round2_path)
+    scored_gold, scored_options = (dev_gold, dev_options) if dev_gold else (oob_gold, oob_options)
+    metrics: dict[str, Any] = {
+        "note": ("Bagging is by question: an out-of-bag question's sibling questions (same puzzle text) were trained on, "
+                 "so out-of-bag accuracy is optimistic. Dev puzzles are in no bag: no such leak."),
+        "oob": {"per_adapter": per_adapter(oob, oob_gold), "ensemble": ensemble(oob, oob_gold)},
+        "dev": None,
+        "baselines": {"questions": "dev" if dev_gold else "oob", **baselines(scored_gold, scored_options, train_letters)},
+        "test": test_set_diagnostics(prediction_paths, round1, round2, final_answers(round1, round2)),  # type: ignore[arg-type]
+    }
+    if dev_gold:
+        curve = vote_size_curve(dev, dev_gold, draws=draws, seed=seed)
+        for row in curve:
+            row["recipe_size"] = row["voters"] in RECIPE_VOTE_SIZES
+        metrics["dev"] = {
+            "questions": len(dev_gold),
+            "per_adapter": per_adapter(dev, dev_gold),
+            "ensemble": ensemble(dev, dev_gold),
+            "ensemble_logprob_weighted": ensemble(dev, dev_gold, logprobs=dev_logprobs),
+            "vote_size_curve": curve,
+            "by_vote_share": by_vote_share(dev, dev_gold),
+            "round2": (round2_value(read_questions(dev_questions_path), dev_paths, read_rows(dev_round2_path), dev_gold)
+                       if dev_questions_path and dev_round2_path else None),
+        }
+    atomic_write_text(out_json, json.dumps(metrics, indent=1, ensure_ascii=False) + "\n")
+    header = "adapter\tsplit\tn\tcorrect\taccuracy\twilson_low\twilson_high\tinvalid\tletters\n"
+    lines = [f"{a}\t{split}\t{m['n']}\t{m['correct']}\t{_fmt(m['accuracy'])}\t{m['wilson_low']:.4f}\t{m['wilson_high']:.4f}\t{m['invalid']}\t"
+             + ",".join(f"{k}:{v}" for k, v in m["letters"].items()) + "\n"
+             for split, block in (("oob", metrics["oob"]), ("dev", metrics["dev"])) if block
+             for a, m in block["per_adapter"].items()]
+    atomic_write_text(out_adapters, header + "".join(lines))
+    curve_rows = metrics["dev"]["vote_size_curve"] if metrics["dev"] else []
+    atomic_write_text(out_vote_size, "voters\tsets\tmean\tp10\tp90\trecipe_size\n" + "".join(
+        f"{r['voters']}\t{r['sets']}\t{r['mean']:.4f}\t{r['p10']:.4f}\t{r['p90']:.4f}\t{str(r['recipe_size']).lower()}\n" for r in curve_rows))
+    log.info("out-of-bag ensemble accuracy %s on %d questions; dev ensemble %s; baselines: most frequent letter %s, uniform %s",
+             _fmt(metrics["oob"]["ensemble"]["accuracy"]), metrics["oob"]["ensemble"]["n"],
+             _fmt(metrics["dev"]["ensemble"]["accuracy"]) if metrics["dev"] else "(no dev split)",
+             _fmt(metrics["baselines"]["most_frequent_accuracy"]), _fmt(metrics["baselines"]["uniform_random_accuracy"]))
+    return metrics
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"

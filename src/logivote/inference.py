@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import Ask, AnswerCache, ClientSettings, ask_all
-from .contracts import Prediction, Round1Row, Round2Row
+from .contracts import EvalPrediction, Prediction, Round1Row, Round2Row
 from .flatten import read_questions
 from .gpus import gpu_slots
 from .jsonl import atomic_write_jsonl, iter_jsonl, sha256_file
@@ -96,15 +96,54 @@ def _serve_and_ask(base_dir: str, adapters: Mapping[str, str], asks: Sequence[As
         cache.close()
 
 
+@dataclass(frozen=True)
+class EvalFiles:
+    """What the predict phase also asks when ``evaluation.enabled``: out-of-bag and dev questions, with gold answers."""
+
+    pool: str  # results/data/pool.jsonl: the questions the bags were drawn from
+    dev: str  # results/data/dev.jsonl
+    oob: Mapping[int, str]  # adapter -> results/subsets/{k}.oob.txt
+    oob_out: Mapping[int, str]  # adapter -> results/eval/oob/{k}.jsonl
+    dev_out: Mapping[int, str]  # adapter -> results/eval/dev/{k}.jsonl
+
+
+def _write_eval(path: str, asks: Sequence[Ask], answers: Mapping[str, Any]) -> None:
+    rows = [EvalPrediction(qid=a.question["qid"], answer=answers[a.key].answer, logprob=answers[a.key].logprob,
+                           gold=str(a.question["answer"]), n_options=len(a.question["options"])) for a in asks]
+    atomic_write_jsonl(path, rows)
+
+
 def predict(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, out_paths: Mapping[int, str], cache_path: str,
-            serve: dict[str, Any], client: dict[str, Any], server_log: str) -> None:
-    """Rule ``predict``: every adapter answers every test question; one prediction file per adapter."""
+            serve: dict[str, Any], client: dict[str, Any], server_log: str, evaluation: EvalFiles | None = None) -> None:
+    """Rule ``predict``: every adapter answers every test question; one prediction file per adapter.
+
+    With ``evaluation``, the same server phase also asks each adapter its out-of-bag questions and
+    every dev question (greedy), and writes them with their gold letters to ``results/eval/``.
+    """
+    from .bagging import read_oob
+
     questions = read_questions(test_path)
     adapters = {adapter_name(k): d for k, d in adapter_dirs.items()}
     prints = _adapter_fingerprints(base_dir, adapters)
     asks = {k: [Ask(adapter_name(k), prints[adapter_name(k)], q) for q in questions] for k in adapter_dirs}
-    answers = _serve_and_ask(base_dir, adapters, [a for per in asks.values() for a in per], cache_path,
-                             ServeSettings(**serve), ClientSettings(**client), server_log, "predict")
+    oob_asks: dict[int, list[Ask]] = {}
+    dev_asks: dict[int, list[Ask]] = {}
+    if evaluation is not None:
+        pool = {q["qid"]: q for q in read_questions(evaluation.pool)}
+        dev = read_questions(evaluation.dev)
+        for k in adapter_dirs:
+            name = adapter_name(k)
+            oob_asks[k] = [Ask(name, prints[name], pool[qid]) for qid in read_oob(evaluation.oob[k])]
+            dev_asks[k] = [Ask(name, prints[name], q) for q in dev]
+        log.info("evaluation: %d out-of-bag and %d dev requests in the same server phase",
+                 sum(map(len, oob_asks.values())), sum(map(len, dev_asks.values())))
+    everything = [a for group in (asks, oob_asks, dev_asks) for per in group.values() for a in per]
+    answers = _serve_and_ask(base_dir, adapters, everything, cache_path, ServeSettings(**serve), ClientSettings(**client),
+                             server_log, "predict")
+    if evaluation is not None:
+        for k in adapter_dirs:
+            _write_eval(evaluation.oob_out[k], oob_asks[k], answers)
+            _write_eval(evaluation.dev_out[k], dev_asks[k], answers)
     for k, per_adapter in asks.items():
         rows = [Prediction(qid=a.question["qid"], answer=answers[a.key].answer, logprob=answers[a.key].logprob) for a in per_adapter]
         atomic_write_jsonl(out_paths[k], rows)
@@ -135,24 +174,51 @@ def sample_seed(base_seed: int, model: str, qid: str, sample: int) -> int:
     return int(digest[:8], 16)
 
 
+@dataclass(frozen=True)
+class DevRound2:
+    """Round 2 on the dev questions (``evaluation.enabled``), so that the evaluation can say what round 2 is worth."""
+
+    dev: str  # results/data/dev.jsonl
+    greedy: Mapping[int, str]  # adapter -> results/eval/dev/{k}.jsonl (round 1 on dev)
+    out: str  # results/eval/dev_round2.jsonl
+
+
+def dev_round1(dev_questions: Sequence[Any], greedy: Mapping[int, str]) -> list[Round1Row]:
+    """The round-1 table of the dev questions, from each adapter's greedy dev answers."""
+    from .evaluation import read_eval
+
+    table = {adapter_name(k): {row["qid"]: row["answer"] for row in read_eval(path)} for k, path in greedy.items()}
+    return tally_round1(table, dev_questions)
+
+
 def revote(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, round1_path: str, out_path: str, cache_path: str,
-           serve: dict[str, Any], client: dict[str, Any], vote_settings: dict[str, Any], server_log: str) -> list[Round2Row]:
-    """Rule ``revote``: re-ask the questions without a strict majority; the round-2 table."""
+           serve: dict[str, Any], client: dict[str, Any], vote_settings: dict[str, Any], server_log: str,
+           dev: DevRound2 | None = None) -> list[Round2Row]:
+    """Rule ``revote``: re-ask the questions without a strict majority; the round-2 table.
+
+    With ``dev``, the dev questions without a strict round-1 majority are sampled the same way in the
+    same server phase, and their round-2 table goes to ``dev.out``.
+    """
     questions = read_questions(test_path)
-    by_id = {q["qid"]: q for q in questions}
     qids = needs_revote(read_rows(round1_path))  # type: ignore[arg-type]
     adapters = {adapter_name(k): d for k, d in adapter_dirs.items()}
+    dev_questions = read_questions(dev.dev) if dev else []
+    dev_qids = needs_revote(dev_round1(dev_questions, dev.greedy)) if dev else []
+    by_id = {q["qid"]: q for q in [*questions, *dev_questions]}
+    n, temperature, seed = vote_settings["round2_samples"], vote_settings["round2_temperature"], vote_settings["seed"]
     asks: list[Ask] = []
-    if qids:
+    if qids or dev_qids:
         prints = _adapter_fingerprints(base_dir, adapters)
-        n, temperature, seed = vote_settings["round2_samples"], vote_settings["round2_temperature"], vote_settings["seed"]
         asks = [Ask(name, prints[name], by_id[qid], sample=s, temperature=temperature, seed=sample_seed(seed, name, qid, s))
-                for name in adapters for qid in qids for s in range(n)]
+                for name in adapters for qid in [*qids, *dev_qids] for s in range(n)]
         answers = _serve_and_ask(base_dir, adapters, asks, cache_path, ServeSettings(**serve), ClientSettings(**client), server_log, "revote")
     samples: dict[str, dict[str, list[str]]] = {name: {} for name in adapters}
     for ask in asks:
         samples[ask.model].setdefault(ask.question["qid"], []).append(answers[ask.key].answer)
     rows = tally_round2(samples, questions, qids)
+    if dev:
+        atomic_write_jsonl(dev.out, tally_round2(samples, dev_questions, dev_qids))
+        log.info("dev round 2: %d of %d dev questions re-asked", len(dev_qids), len(dev_questions))
     atomic_write_jsonl(out_path, rows)
     log.info("round 2: %d questions re-asked, %d samples", len(qids), len(asks))
     return rows

@@ -63,5 +63,27 @@ def prediction_files():
     return expand("results/predictions/{k}.jsonl", k=SUBSETS)
 
 
+EVALUATION = config["evaluation"]["enabled"]
+
+
+def eval_files(split):
+    """Adapter k's out-of-bag ("oob") or dev answers with gold letters; none when evaluation is off."""
+    return expand(f"results/eval/{split}/{{k}}.jsonl", k=SUBSETS) if EVALUATION else []
+
+
+def bag_source():
+    """What the bags are drawn from: the training questions less the dev puzzles (evaluation on), or all of them."""
+    return "results/data/pool.jsonl" if EVALUATION else "results/data/train.jsonl"
+
+
+def predict_eval_inputs():
+    """What the predict phase reads to ask out-of-bag and dev questions too."""
+    if not EVALUATION:
+        return {}
+    return {"pool": "results/data/pool.jsonl", "dev": "results/data/dev.jsonl",
+            "oob": expand("results/subsets/{k}.oob.txt", k=SUBSETS)}
+
+
 def all_input():
-    return ["results/submission.jsonl"]
+    plots = expand("results/eval/plots/{name}.svg", name=["adapter_accuracy", "vote_size", "vote_share_accuracy", "round1_vote_share", "agreement"])
+    return ["results/submission.jsonl"] + (["results/eval/metrics.json", *plots] if EVALUATION else [])

@@ -14,9 +14,26 @@ rule flatten:
         "../scripts/flatten.py"
 
 
-rule subset:
+rule dev_split:
     input:
         "results/data/train.jsonl",
+    output:
+        pool="results/data/pool.jsonl",
+        dev="results/data/dev.jsonl",
+    params:
+        seed=config["evaluation"]["seed"],
+        fraction=config["evaluation"]["dev_fraction"],
+    log:
+        "logs/dev_split.log",
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/dev_split.py"
+
+
+rule subset:
+    input:
+        bag_source(),
     output:
         subset="results/subsets/{k}.jsonl",
         oob="results/subsets/{k}.oob.txt",

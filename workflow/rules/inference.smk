@@ -1,11 +1,15 @@
 rule predict:
     input:
+        unpack(lambda wildcards: predict_eval_inputs()),
         base=BASE_MODEL_DIR,
         adapters=adapter_dirs(),
         test="results/data/test.jsonl",
     output:
-        prediction_files(),
+        predictions=prediction_files(),
+        oob=eval_files("oob"),
+        dev=eval_files("dev"),
     params:
+        evaluation=EVALUATION,
         subsets=SUBSETS,
         serve=config["serve"],
         client=config["client"],
@@ -46,9 +50,13 @@ rule revote:
         adapters=adapter_dirs(),
         test="results/data/test.jsonl",
         round1="results/votes/round1.jsonl",
+        dev=["results/data/dev.jsonl"] if EVALUATION else [],
+        dev_greedy=eval_files("dev"),
     output:
-        "results/votes/round2.jsonl",
+        round2="results/votes/round2.jsonl",
+        dev_round2=["results/eval/dev_round2.jsonl"] if EVALUATION else [],
     params:
+        evaluation=EVALUATION,
         subsets=SUBSETS,
         serve=config["serve"],
         client=config["client"],
@@ -81,3 +89,46 @@ rule submission:
         "../../envs/data.yaml"
     script:
         "../scripts/submission.py"
+
+
+rule evaluate:
+    input:
+        oob=eval_files("oob"),
+        dev=eval_files("dev"),
+        dev_questions="results/data/dev.jsonl",
+        dev_round2="results/eval/dev_round2.jsonl",
+        pool="results/data/pool.jsonl",
+        predictions=prediction_files(),
+        round1="results/votes/round1.jsonl",
+        round2="results/votes/round2.jsonl",
+    output:
+        metrics="results/eval/metrics.json",
+        adapters=report("results/eval/adapters.tsv", caption="../report/adapters_table.rst", category="Evaluation"),
+        vote_size=report("results/eval/vote_size.tsv", caption="../report/vote_size_table.rst", category="Evaluation"),
+    params:
+        subsets=SUBSETS,
+        draws=config["evaluation"]["vote_size_draws"],
+        seed=config["evaluation"]["seed"],
+    log:
+        "logs/evaluate.log",
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/evaluate.py"
+
+
+rule plots:
+    input:
+        "results/eval/metrics.json",
+    output:
+        adapter_accuracy=report("results/eval/plots/adapter_accuracy.svg", caption="../report/adapter_accuracy.rst", category="Evaluation"),
+        vote_size=report("results/eval/plots/vote_size.svg", caption="../report/vote_size.rst", category="Evaluation"),
+        vote_share_accuracy=report("results/eval/plots/vote_share_accuracy.svg", caption="../report/vote_share_accuracy.rst", category="Evaluation"),
+        round1_vote_share=report("results/eval/plots/round1_vote_share.svg", caption="../report/round1_vote_share.rst", category="Test set"),
+        agreement=report("results/eval/plots/agreement.svg", caption="../report/agreement.rst", category="Test set"),
+    log:
+        "logs/plots.log",
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/plots.py"
