@@ -110,6 +110,14 @@ def quantize_gptq(float_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
     model.save(str(out_dir))
 
 
+def copy_missing(float_dir: str | os.PathLike[str], quant_dir: str | os.PathLike[str]) -> None:
+    """Tokenizer, chat template, tiny shape: whatever of the float model's folder the quantizer did not write (weights aside)."""
+    for extra in Path(float_dir).iterdir():
+        target = Path(quant_dir) / extra.name
+        if not target.exists() and extra.suffix != ".safetensors":
+            shutil.copy2(extra, target) if extra.is_file() else shutil.copytree(extra, target)
+
+
 def compare_logits(float_dir: str | os.PathLike[str], quant_dir: str | os.PathLike[str], texts: Sequence[str]) -> dict[str, float]:
     """Mean absolute logit difference and top-1 agreement (every position) of the quantized model against the float one."""
     import torch
@@ -153,9 +161,7 @@ def build_quantized(question_files: Sequence[str | os.PathLike[str]], out_dir: s
                  settings.group_size, len(texts), len(held_out), "held-out" if held_out is not texts else "calibration")
         with atomic_directory(target) as tmp:
             quantize_gptq(float_dir, tmp, texts, settings.group_size)
-            for extra in float_dir.iterdir():  # tokenizer, chat template, tiny shape: whatever the quantizer did not write
-                if not (tmp / extra.name).exists() and extra.suffix != ".safetensors":
-                    shutil.copy2(extra, tmp / extra.name) if extra.is_file() else shutil.copytree(extra, tmp / extra.name)
+            copy_missing(float_dir, tmp)
             report = {"settings": asdict(settings), "logits_vs_float": compare_logits(float_dir, tmp, held_out)}
             (tmp / "logivote_quant.json").write_text(json.dumps(report, indent=1) + "\n")
     cmp = report["logits_vs_float"]

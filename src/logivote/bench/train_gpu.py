@@ -96,14 +96,12 @@ def quantized_base(float_dir: Path, out_dir: Path, seq_tokens: int) -> dict:
 def _quantize_only(float_dir: Path, out_dir: Path, seq_tokens: int) -> None:
     from transformers import AutoTokenizer
 
-    from logivote.quantize import calibration_texts, quantize_gptq
+    from logivote.quantize import calibration_texts, copy_missing, quantize_gptq
 
     tok = AutoTokenizer.from_pretrained(float_dir)
     texts = calibration_texts(tok, padded_questions(64, seq_tokens, 1.0), 64)
     quantize_gptq(float_dir, out_dir, texts, group_size=128, device="cuda:0" if torch.cuda.is_available() else "cpu")
-    for extra in float_dir.iterdir():
-        if not (out_dir / extra.name).exists() and extra.suffix != ".safetensors" and extra.is_file():
-            (out_dir / extra.name).write_bytes(extra.read_bytes())
+    copy_missing(float_dir, out_dir)
 
 
 def run_case(name: str, seq_tokens: int, steps: int, workdir: Path, gradient_checkpointing: bool, gpus: int = 1,
