@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .contracts import INVALID
+from .voting import final_answers, read_predictions, tally_round1, top_letter
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,7 @@ def winner(votes: Sequence[str], weights: Sequence[float] | None = None) -> str 
     for i, vote in enumerate(votes):
         if vote != INVALID:
             totals[vote] = totals.get(vote, 0.0) + (1.0 if weights is None else weights[i])
-    if not totals:
-        return None
-    best = max(totals.values())
-    return min(letter for letter, total in totals.items() if total == best)
+    return top_letter(totals)
 
 
 def ensemble(answers: Answers, gold: Mapping[str, str], voters: Sequence[str] | None = None,
@@ -209,8 +207,6 @@ def _tables(paths: Mapping[int, str]) -> tuple[dict[str, dict[str, str]], dict[s
 def test_set_diagnostics(prediction_paths: Mapping[int, str], round1: Sequence[Mapping[str, Any]], round2: Sequence[Mapping[str, Any]],
                      final: Mapping[str, str | None]) -> dict[str, Any]:
     """No gold needed: round-1 vote shares, round 2's reach, invalid answers, agreement between adapters."""
-    from .voting import read_predictions
-
     answers = {str(k): {qid: p["answer"] for qid, p in read_predictions(path).items()} for k, path in sorted(prediction_paths.items())}
     shares = [row["counts"].get(row["winner"], 0) / row["n_adapters"] if row["winner"] else 0.0 for row in round1]
     histogram = [{"low": i / 10, "high": (i + 1) / 10, "n": sum(i / 10 <= s < (i + 1) / 10 or (i == 9 and s == 1.0) for s in shares)}
@@ -226,13 +222,10 @@ def test_set_diagnostics(prediction_paths: Mapping[int, str], round1: Sequence[M
     }
 
 
-def round2_value(dev_questions: Sequence[Mapping[str, Any]], dev_paths: Mapping[int, str], dev_round2: Sequence[Mapping[str, Any]],
+def round2_value(dev_questions: Sequence[Mapping[str, Any]], dev: Answers, dev_round2: Sequence[Mapping[str, Any]],
                  gold: Mapping[str, str]) -> dict[str, Any]:
     """Dev accuracy of round 1 alone against round 1 + round 2 (the configured rule of :mod:`logivote.voting`)."""
-    from .inference import dev_round1
-    from .voting import final_answers
-
-    round1 = dev_round1(dev_questions, dev_paths)  # type: ignore[arg-type]
+    round1 = tally_round1(dev, dev_questions)  # type: ignore[arg-type]
     final = final_answers(round1, dev_round2)  # type: ignore[arg-type]
     first = {row["qid"]: row["winner"] for row in round1}
     n = len(gold)
@@ -252,7 +245,6 @@ def evaluate(oob_paths: Mapping[int, str], dev_paths: Mapping[int, str], pool_pa
     from .flatten import read_questions
     from .inference import read_rows
     from .jsonl import atomic_write_text
-    from .voting import final_answers
 
     oob, _, oob_gold, oob_options = _tables(oob_paths)
     dev, dev_logprobs, dev_gold, dev_options = _tables(dev_paths)
@@ -278,7 +270,7 @@ def evaluate(oob_paths: Mapping[int, str], dev_paths: Mapping[int, str], pool_pa
             "ensemble_logprob_weighted": ensemble(dev, dev_gold, logprobs=dev_logprobs),
             "vote_size_curve": curve,
             "by_vote_share": by_vote_share(dev, dev_gold),
-            "round2": (round2_value(read_questions(dev_questions_path), dev_paths, read_rows(dev_round2_path), dev_gold)
+            "round2": (round2_value(read_questions(dev_questions_path), dev, read_rows(dev_round2_path), dev_gold)
                        if dev_questions_path and dev_round2_path else None),
         }
     atomic_write_text(out_json, json.dumps(metrics, indent=1, ensure_ascii=False) + "\n")

@@ -310,8 +310,8 @@ def train_adapters(
             counts = torch.bincount(rows, minlength=len(active)).clamp(min=1)
             row_loss = torch.zeros(len(active), device=token_loss.device).index_add(0, rows, token_loss) / counts
             (row_loss.sum() / settings.grad_accum).backward()
-        for row, i in enumerate(active):
-            losses[i].append(float(row_loss[row].detach()))
+        for i, loss in zip(active, row_loss.detach().tolist()):  # one device sync per step, not one per adapter
+            losses[i].append(loss)
             if (step + 1) % settings.grad_accum == 0 or step + 1 == len(streams[i]):
                 torch.nn.utils.clip_grad_norm_(lora.parameters(i), settings.max_grad_norm)
                 optimizers[i].step()

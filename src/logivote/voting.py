@@ -54,7 +54,7 @@ def _ordered_counts(votes: Iterable[str], letters: Sequence[str]) -> dict[str, i
     return {letter: counter[letter] for letter in letters if counter[letter]}
 
 
-def _top(counts: Mapping[str, int], tiebreak: Mapping[str, int] | None = None) -> str | None:
+def top_letter(counts: Mapping[str, float], tiebreak: Mapping[str, int] | None = None) -> str | None:
     """Letter with most votes; ties by ``tiebreak`` counts, then alphabetically."""
     if not counts:
         return None
@@ -84,7 +84,7 @@ def tally_round1(adapter_answers: Mapping[str, Mapping[str, str]], questions: Se
             else:
                 n_invalid += 1
         counts = _ordered_counts(valid, letters)
-        winner = _top(counts)
+        winner = top_letter(counts)
         top_votes = counts.get(winner, 0) if winner else 0
         rows.append(
             Round1Row(
@@ -130,7 +130,7 @@ def final_answers(round1: Sequence[Round1Row], round2: Sequence[Round2Row]) -> d
             continue
         if qid not in second:
             raise ValueError(f"question {qid} had no strict majority in round 1 but is missing from round 2")
-        answers[qid] = _top(second[qid]["counts"], tiebreak=row["counts"]) or row["winner"]
+        answers[qid] = top_letter(second[qid]["counts"], tiebreak=row["counts"]) or row["winner"]
     return answers
 
 
