@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -31,3 +33,40 @@ def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]
         [sys.executable, "-m", "snakemake", "--cores", "2", *args],
         cwd=workdir, capture_output=True, text=True, timeout=600,
     )
+
+
+def processes_in_group(pgid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def server_pids(workdir: Path, log: str = "predict") -> list[int]:
+    text = (workdir / "logs" / f"{log}.log").read_text()
+    return [int(pid) for pid in re.findall(r"started vLLM server pid (\d+)", text)]
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    """The embedded default run locally (``snakemake --cores 2``) in a copy of the workflow."""
+
+    workdir: Path
+    result: subprocess.CompletedProcess[str]
+    submission: bytes | None  # read at once: later tests may remove results from workdir
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory: pytest.TempPathFactory) -> LocalRun:
+    """One local run of the whole embedded default, shared by the end-to-end and the SLURM tests."""
+    dest = tmp_path_factory.mktemp("e2e") / "clone"
+    for name in ("workflow", "config", "resources", "envs", ".test"):
+        shutil.copytree(REPO / name, dest / name)
+    result = run_snakemake(dest)
+    submission = dest / "results" / "submission.jsonl"
+    return LocalRun(dest, result, submission.read_bytes() if submission.exists() else None)

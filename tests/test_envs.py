@@ -9,7 +9,8 @@ import yaml
 
 from .conftest import REPO
 
-PAIRS = {"cpu": "envs/cpu.yaml", "gpu-train": "envs/gpu-train.yaml", "gpu-serve": "envs/gpu-serve.yaml"}
+PAIRS = {"cpu": "envs/cpu.yaml", "gpu-train": "envs/gpu-train.yaml", "gpu-serve": "envs/gpu-serve.yaml",
+         "slurm": "envs/slurm.yaml"}
 
 
 def pip_requirements(env_file: str) -> set[str]:

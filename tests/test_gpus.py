@@ -98,3 +98,23 @@ def test_more_gpus_than_the_host_has(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="needs 3 GPU"):
         with gpu_slots(3, total=2, lock_dir=tmp_path):
             pass
+
+
+def test_slurm_job_keeps_the_gpus_slurm_gave_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    with gpu_slots(1, lock_dir=tmp_path) as devices:
+        assert devices == ["1"] and os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    assert not list(tmp_path.iterdir()), "no lock files: SLURM owns the GPUs"
+
+
+@pytest.mark.parametrize("visible", [None, "", "0"])
+def test_slurm_job_without_the_gpus_it_needs_fails(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, visible: str | None) -> None:
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    with pytest.raises(RuntimeError, match=r"SLURM job 42 needs 2 GPU\(s\).*--gpus=2"):
+        with gpu_slots(2, lock_dir=tmp_path):
+            pass

@@ -6,7 +6,8 @@ indices that no other running job holds, by taking an exclusive ``flock`` on
 one lock file per GPU in a shared folder, and sets ``CUDA_VISIBLE_DEVICES`` to
 them. The locks go away with the process, also when it is killed, so a crash
 never leaks a GPU. Under SLURM (``SLURM_JOB_ID`` set) the scheduler already
-gave the job its own devices and nothing is changed.
+gave the job its own devices: they are kept, and a job that did not get
+exactly ``n`` of them fails rather than using GPUs it was not given.
 """
 
 from __future__ import annotations
@@ -59,9 +60,16 @@ def gpu_slots(
         with _visible("") as devices:
             yield devices
         return
-    if os.environ.get("SLURM_JOB_ID") and os.environ.get("CUDA_VISIBLE_DEVICES") and total is None:
-        log.info("SLURM job: keeping CUDA_VISIBLE_DEVICES=%s", os.environ["CUDA_VISIBLE_DEVICES"])
-        yield os.environ["CUDA_VISIBLE_DEVICES"].split(",")
+    slurm_job = os.environ.get("SLURM_JOB_ID")
+    if slurm_job and total is None:
+        granted = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        if len(granted) != n:
+            raise RuntimeError(
+                f"SLURM job {slurm_job} needs {n} GPU(s) but SLURM gave it {len(granted)} "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): submit it with --gpus={n} "
+                "(workflow/profiles/slurm maps the rule's gpu= resource to it)")
+        log.info("SLURM job %s: keeping CUDA_VISIBLE_DEVICES=%s", slurm_job, ",".join(granted))
+        yield granted
         return
     devices = _host_devices(total)
     if n > len(devices):

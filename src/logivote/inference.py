@@ -45,6 +45,7 @@ class ServeSettings:
     health_timeout_s: float = 600.0
     gpus: int = 0
     threads: int = 2
+    mem_mb: int = 4000  # host memory of the server job: scheduling only (the rules' resources)
 
     def spec(self, base_dir: str, adapters: Mapping[str, str]) -> ServerSpec:
         return ServerSpec(model=base_dir, adapters=adapters, dtype=self.dtype, max_model_len=self.max_model_len,

@@ -17,6 +17,7 @@ rule predict:
     threads: config["serve"]["threads"]
     resources:
         gpu=config["serve"]["gpus"],
+        mem_mb=config["serve"]["mem_mb"],
     log:
         main="logs/predict.log",
         server="logs/vllm/predict.log",
@@ -65,6 +66,7 @@ rule revote:
     threads: config["serve"]["threads"]
     resources:
         gpu=config["serve"]["gpus"],
+        mem_mb=config["serve"]["mem_mb"],
     log:
         main="logs/revote.log",
         server="logs/vllm/revote.log",
