@@ -160,7 +160,8 @@ def ask_one(session: requests.Session, url: str, ask: Ask, settings: ClientSetti
             if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
                 raise RequestFailed(f"{ask.model} {ask.question['qid']}: HTTP {response.status_code}: {response.text[:300]}")
             error = RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
-        except (requests.ConnectionError, requests.Timeout, ValueError) as err:
+        # ChunkedEncodingError: the reply broke off mid-body, e.g. the server died while sending it
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, ValueError) as err:
             error = err
         if attempt < settings.retries:
             time.sleep(settings.backoff_s * 2**attempt)
