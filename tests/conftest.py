@@ -19,13 +19,17 @@ def write_jsonl(path: Path, records: list[Any]) -> Path:
     return path
 
 
+def copy_workflow(dest: Path) -> Path:
+    """Copy the tracked workflow, its configs, sample data, envs and test configs (no results/) to ``dest``."""
+    for name in ("workflow", "config", "resources", "envs", ".test"):
+        shutil.copytree(REPO / name, dest / name)
+    return dest
+
+
 @pytest.fixture
 def workflow_copy(tmp_path: Path) -> Path:
     """A copy of the tracked workflow (no results/) in a temporary folder."""
-    dest = tmp_path / "clone"
-    for name in ("workflow", "config", "resources", "envs"):
-        shutil.copytree(REPO / name, dest / name)
-    return dest
+    return copy_workflow(tmp_path / "clone")
 
 
 def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -64,9 +68,7 @@ class LocalRun:
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory: pytest.TempPathFactory) -> LocalRun:
     """One local run of the whole embedded default, shared by the end-to-end and the SLURM tests."""
-    dest = tmp_path_factory.mktemp("e2e") / "clone"
-    for name in ("workflow", "config", "resources", "envs", ".test"):
-        shutil.copytree(REPO / name, dest / name)
+    dest = copy_workflow(tmp_path_factory.mktemp("e2e") / "clone")
     result = run_snakemake(dest)
     submission = dest / "results" / "submission.jsonl"
     return LocalRun(dest, result, submission.read_bytes() if submission.exists() else None)

