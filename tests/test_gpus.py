@@ -118,3 +118,13 @@ def test_slurm_job_without_the_gpus_it_needs_fails(monkeypatch: pytest.MonkeyPat
     with pytest.raises(RuntimeError, match=r"SLURM job 42 needs 2 GPU\(s\).*--gpus=2"):
         with gpu_slots(2, lock_dir=tmp_path):
             pass
+
+
+def test_jobs_sharing_one_slurm_allocation_split_its_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Snakemake run locally inside `salloc --gpus=2`: two 1-GPU jobs take one granted GPU each."""
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,4")
+    with gpu_slots(1, lock_dir=tmp_path) as first:
+        os.environ["CUDA_VISIBLE_DEVICES"] = "3,4"  # the second job is another process: it sees the allocation's GPUs
+        with gpu_slots(1, lock_dir=tmp_path, timeout=0) as second:
+            assert sorted(first + second) == ["3", "4"]

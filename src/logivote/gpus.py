@@ -6,8 +6,9 @@ indices that no other running job holds, by taking an exclusive ``flock`` on
 one lock file per GPU in a shared folder, and sets ``CUDA_VISIBLE_DEVICES`` to
 them. The locks go away with the process, also when it is killed, so a crash
 never leaks a GPU. Under SLURM (``SLURM_JOB_ID`` set) the scheduler already
-gave the job its own devices: they are kept, and a job that did not get
-exactly ``n`` of them fails rather than using GPUs it was not given.
+gave the job its own devices: exactly ``n`` of them are kept as they are, fewer
+fail the job rather than let it use GPUs it was not given, and more (several
+jobs sharing one allocation) are shared out by the same locks.
 """
 
 from __future__ import annotations
@@ -63,14 +64,17 @@ def gpu_slots(
     slurm_job = os.environ.get("SLURM_JOB_ID")
     if slurm_job and total is None:
         granted = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-        if len(granted) != n:
+        if len(granted) < n:
             raise RuntimeError(
                 f"SLURM job {slurm_job} needs {n} GPU(s) but SLURM gave it {len(granted)} "
                 f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): submit it with --gpus={n} "
                 "(workflow/profiles/slurm maps the rule's gpu= resource to it)")
-        log.info("SLURM job %s: keeping CUDA_VISIBLE_DEVICES=%s", slurm_job, ",".join(granted))
-        yield granted
-        return
+        if len(granted) == n:
+            log.info("SLURM job %s: keeping CUDA_VISIBLE_DEVICES=%s", slurm_job, ",".join(granted))
+            yield granted
+            return
+        # more than this job needs: one allocation shared by several jobs (Snakemake run locally inside
+        # salloc); take n of the granted GPUs by lock, like on a host of our own
     devices = _host_devices(total)
     if n > len(devices):
         raise RuntimeError(f"job needs {n} GPU(s) but this host has {len(devices)}")
