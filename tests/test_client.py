@@ -49,27 +49,21 @@ def test_answer_outside_the_choices_is_invalid_not_a_crash(server: str, tmp_path
     assert answers[asks[0].key].logprob is None
 
 
-def test_retries_with_backoff(tmp_path: Path) -> None:
-    srv = fake_openai.serve(mode="flaky")
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "flaky",  # the first reply to each request is an HTTP 500
+        "cut",  # the first reply is cut off mid-body (ChunkedEncodingError), as when the server dies sending it
+    ],
+)
+def test_a_failed_request_is_retried_with_backoff(mode: str, tmp_path: Path) -> None:
+    srv = fake_openai.serve(mode=mode)
     try:
         url = f"http://127.0.0.1:{srv.server_address[1]}"
         asks = [Ask("lora-A", "a", q(i)) for i in range(5)]
         answers = ask_all(url, asks, AnswerCache(tmp_path / "c.jsonl"), FAST)
         assert {a.answer for a in answers.values()} == {"A"}
         assert fake_openai.State.requests == 10  # every request failed once, then succeeded
-    finally:
-        srv.shutdown()
-
-
-def test_reply_cut_off_mid_body_is_retried(tmp_path: Path) -> None:
-    """A server killed while sending a reply breaks the body (ChunkedEncodingError), not the connection."""
-    srv = fake_openai.serve(mode="cut")
-    try:
-        url = f"http://127.0.0.1:{srv.server_address[1]}"
-        asks = [Ask("lora-A", "a", q(i)) for i in range(5)]
-        answers = ask_all(url, asks, AnswerCache(tmp_path / "c.jsonl"), FAST)
-        assert {a.answer for a in answers.values()} == {"A"}
-        assert fake_openai.State.requests == 10  # every reply was cut once, then came whole
     finally:
         srv.shutdown()
 
