@@ -12,7 +12,6 @@ memory and where the step time goes (forward, backward, optimizer, rest).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import tempfile
 import time
