@@ -69,7 +69,6 @@ def free_port_base(count: int = 4) -> int:
 @dataclass(frozen=True)
 class Cluster:
     env: dict[str, str]  # PATH with the SLURM wrappers first, SLURM_CONF
-    start_s: float  # cold start, seconds
 
     def run(self, *command: str) -> str:
         return subprocess.run(command, env=self.env, check=True, capture_output=True, text=True, timeout=60).stdout
@@ -99,7 +98,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         print(f"SLURM cluster cold start: {start_s:.1f} s ({start.stderr.strip()})")
         env["SLURM_CONF"] = str(folder / "etc" / "slurm.conf")
         env["PATH"] = f"{folder / 'bin'}:{env['PATH']}"
-        yield Cluster(env, start_s)
+        yield Cluster(env)
     finally:
         stop = subprocess.run(["bash", str(CLUSTER), "stop"], env=env, capture_output=True, text=True, timeout=300)
         assert stop.returncode == 0, stop.stdout + stop.stderr
@@ -114,7 +113,6 @@ def snakemake(cluster: Cluster, workdir: Path, *args: str, timeout: float = 1800
 class SlurmRun:
     workdir: Path
     result: subprocess.CompletedProcess[str]
-    wall_s: float
     submitted: dict[str, str]  # SLURM job id -> its SLURM log, from Snakemake's output
 
 
@@ -125,7 +123,7 @@ def slurm_run(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Slu
     result = snakemake(cluster, workdir, *COMMAND)
     wall_s = time.monotonic() - started
     print(f"SLURM run of the embedded default: {wall_s:.0f} s")
-    return SlurmRun(workdir, result, wall_s, dict(SUBMIT_LINE.findall(result.stdout + result.stderr)))
+    return SlurmRun(workdir, result, dict(SUBMIT_LINE.findall(result.stdout + result.stderr)))
 
 
 def rule_of(comment: str) -> str:
@@ -154,7 +152,6 @@ def test_submission_is_byte_identical_to_the_local_run(slurm_run: SlurmRun, defa
     assert slurm_run.result.returncode == 0
     assert default_run.result.returncode == 0, default_run.result.stderr[-3000:]
     assert (slurm_run.workdir / "results" / "submission.jsonl").read_bytes() == default_run.submission
-    print(f"wall time: SLURM {slurm_run.wall_s:.0f} s")
 
 
 def test_two_training_jobs_held_different_gpus_at_the_same_time(cluster: Cluster, slurm_run: SlurmRun) -> None:
