@@ -23,6 +23,7 @@ PORT=${LOGIVOTE_SLURM_PORT:-16817}
 CTLD_PORT=$PORT SLURMD_PORT=$((PORT + 1)) DBD_PORT=$((PORT + 2)) DB_PORT=$((PORT + 3))
 HOST=$(hostname -s)
 SOCKET=$C/munge/munge.socket
+export SLURM_CONF=$C/etc/slurm.conf # this cluster's, for the daemons and every client call below
 PACKAGES=(slurm-wlm slurmdbd munge mariadb-server)
 CLIENTS=(sacct sacctmgr salloc sattach sbatch scancel scontrol sinfo sprio squeue srun sshare sstat)
 # start order; stop runs it backwards
@@ -144,17 +145,17 @@ CONF
   # the job step plugin drops SLURM_CONF inside jobs: wrappers first on PATH bring it back
   local name
   for name in "${CLIENTS[@]}"; do
-    printf '#!/bin/sh\nSLURM_CONF=%s exec /usr/bin/%s "$@"\n' "$C/etc/slurm.conf" "$name" >"$C/bin/$name"
+    printf '#!/bin/sh\nSLURM_CONF=%s exec /usr/bin/%s "$@"\n' "$SLURM_CONF" "$name" >"$C/bin/$name"
     chmod 755 "$C/bin/$name"
   done
 }
 
 start_daemon() { # start_daemon NAME COMMAND...: start one daemon in the background, its output to its log
   pid_of "$1" >/dev/null && return 0
-  SLURM_CONF=$C/etc/slurm.conf setsid "${@:2}" </dev/null >>"$C/log/$1.out" 2>&1 &
+  setsid "${@:2}" </dev/null >>"$C/log/$1.out" 2>&1 &
 }
 
-cluster_answers() { SLURM_CONF=$C/etc/slurm.conf sinfo -h -o %T 2>/dev/null | grep -q -E '^(idle|mixed|allocated)'; }
+cluster_answers() { sinfo -h -o %T 2>/dev/null | grep -q -E '^(idle|mixed|allocated)'; }
 
 all_alive() {
   local d
@@ -191,7 +192,7 @@ start() {
   wait_for 60 slurmctld port_open "$HOST" "$CTLD_PORT"
   start_daemon slurmd slurmd -f "$C/etc/slurm.conf"
   wait_for 60 "the node to be idle" cluster_answers
-  say "started in $((SECONDS - t0)) s: $(SLURM_CONF=$C/etc/slurm.conf sinfo -h -N -o '%N %T cpus=%c mem=%m gres=%G')"
+  say "started in $((SECONDS - t0)) s: $(sinfo -h -N -o '%N %T cpus=%c mem=%m gres=%G')"
 }
 
 stop_daemons() {
@@ -208,12 +209,12 @@ stop_daemons() {
 stop() {
   if pid_of slurmctld >/dev/null; then # cancel this cluster's jobs first, so no job step outlives it
     local jobs
-    jobs=$(SLURM_CONF=$C/etc/slurm.conf squeue -h -o %i 2>/dev/null || true)
+    jobs=$(squeue -h -o %i 2>/dev/null || true)
     if [ -n "$jobs" ]; then
       # shellcheck disable=SC2086
-      SLURM_CONF=$C/etc/slurm.conf scancel $jobs || true
+      scancel $jobs || true
       for ((t = 0; t < 120; t++)); do
-        [ -z "$(SLURM_CONF=$C/etc/slurm.conf squeue -h -o %i 2>/dev/null)" ] && break
+        [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break
         sleep 0.25
       done
     fi
@@ -227,7 +228,7 @@ status() {
   for d in "${DAEMONS[@]}"; do
     if pid=$(pid_of "$d"); then echo "$d running (pid $pid)"; else echo "$d not running"; rc=1; fi
   done
-  if [ "$rc" = 0 ]; then SLURM_CONF=$C/etc/slurm.conf sinfo -N -o '%N %T %c %m %G'; fi
+  if [ "$rc" = 0 ]; then sinfo -N -o '%N %T %c %m %G'; fi
   return "$rc"
 }
 
@@ -240,6 +241,6 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
-  env) printf 'export SLURM_CONF=%q\nexport PATH=%q:"$PATH"\n' "$C/etc/slurm.conf" "$C/bin" ;;
+  env) printf 'export SLURM_CONF=%q\nexport PATH=%q:"$PATH"\n' "$SLURM_CONF" "$C/bin" ;;
   *) die "usage: $0 install|start|stop|status|env" ;;
 esac
