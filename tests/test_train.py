@@ -216,3 +216,21 @@ def test_gradient_checkpointing_gives_the_same_adapters(tiny: dict[str, Path], t
         train_adapters(tiny["base"], bags, {k: tmp_path / name / str(k) for k in bags}, tmp_path / f"c-{name}", settings)
     for k in bags:
         assert_same_adapters(tmp_path / "plain" / str(k), tmp_path / "ckpt" / str(k), atol=1e-9)
+
+
+def test_a_diverging_adapter_fails_the_job_by_name_and_writes_nothing(tiny: dict[str, Path], tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen on the H100 (config/gpu-small.yaml at lr 2e-3, bf16): 11 of 21 adapters went to NaN loss and the job
+    still wrote them, so the server failed their requests much later. A non-finite loss now stops training at once."""
+    bags = subsets(tiny, {0: 0.25, 1: 0.25})
+    cross_entropy, calls = torch.nn.functional.cross_entropy, []
+
+    def diverging_at_step_5(logits, targets, **kw):  # adapter 1's rows turn NaN from the 5th step on
+        loss = cross_entropy(logits, targets, **kw)
+        calls.append(1)
+        return loss.index_fill(0, torch.arange(len(loss) // 2, len(loss)), float("nan")) if len(calls) >= 5 else loss
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", diverging_at_step_5)
+    with pytest.raises(FloatingPointError, match=r"adapter 1: training loss is nan at step 5 of 60 .*train\.learning_rate"):
+        train_adapters(tiny["base"], bags, {k: tmp_path / "out" / str(k) for k in bags}, tmp_path / "ckpt", SETTINGS)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .gpus import gpu_slots
 from .jsonl import atomic_directory
 from .tiny_model import TinyShape, build_from_questions
 
@@ -42,11 +43,13 @@ CPU_WORKERS_ENV = "GPTQMODEL_CPU_WORKERS"
 
 @dataclass(frozen=True)
 class QuantizeSettings:
-    """Config keys ``base_model.tiny.quantize``, ``.group_size`` and ``.calibration_prompts``."""
+    """Config keys ``base_model.tiny.quantize``, ``.group_size``, ``.calibration_prompts`` and ``.gpus``
+    (1: gptqmodel quantizes on the GPU the rule was granted; 0: on the CPU)."""
 
     quantize: str = "none"
     group_size: int = 128
     calibration_prompts: int = 64
+    gpus: int = 0
 
     @classmethod
     def split(cls, tiny: dict[str, Any]) -> tuple[QuantizeSettings, TinyShape]:
@@ -159,8 +162,8 @@ def build_quantized(question_files: Sequence[str | os.PathLike[str]], out_dir: s
         held_out = calibration_texts(tokenizer, questions, 2 * settings.calibration_prompts)[len(texts):] or texts
         log.info("GPTQ-Int4: group size %d, %d calibration prompts; logits compared on %d %s prompts",
                  settings.group_size, len(texts), len(held_out), "held-out" if held_out is not texts else "calibration")
-        with atomic_directory(target) as tmp:
-            quantize_gptq(float_dir, tmp, texts, settings.group_size)
+        with atomic_directory(target) as tmp, gpu_slots(settings.gpus):
+            quantize_gptq(float_dir, tmp, texts, settings.group_size, device="cuda:0" if settings.gpus else "cpu")
             copy_missing(float_dir, tmp)
             report = {"settings": asdict(settings), "logits_vs_float": compare_logits(float_dir, tmp, held_out)}
             (tmp / "logivote_quant.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -311,6 +311,11 @@ def train_adapters(
             row_loss = torch.zeros(len(active), device=token_loss.device).index_add(0, rows, token_loss) / counts
             (row_loss.sum() / settings.grad_accum).backward()
         for i, loss in zip(active, row_loss.detach().tolist()):  # one device sync per step, not one per adapter
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"adapter {adapters[i]}: training loss is {loss} at step {step + 1} of {total_steps} "
+                    f"(learning rate {settings.learning_rate:g}): it diverged and its weights would be NaN. "
+                    "Lower train.learning_rate (the recipe's is 1e-4) and rerun; the job's earlier checkpoints are kept")
             losses[i].append(loss)
             if (step + 1) % settings.grad_accum == 0 or step + 1 == len(streams[i]):
                 torch.nn.utils.clip_grad_norm_(lora.parameters(i), settings.max_grad_norm)

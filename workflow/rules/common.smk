@@ -52,6 +52,11 @@ def base_model_inputs():
     return []
 
 
+def base_model_gpus():
+    """The tiny base is quantized on a GPU with base_model.tiny.gpus: 1; nothing else in the rule needs one."""
+    return config["base_model"].get("tiny", {}).get("gpus", 0) if config["base_model"]["source"] == "tiny" else 0
+
+
 def adapter_dirs():
     return expand("results/adapters/{k}", k=SUBSETS)
 

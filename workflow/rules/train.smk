@@ -5,8 +5,12 @@ rule base_model:
         directory(BASE_MODEL_DIR),
     params:
         spec=config["base_model"],
+    resources:
+        gpu=base_model_gpus(),
     log:
         "logs/base_model.log",
+    benchmark:
+        "benchmarks/base_model.tsv"
     conda:
         env_file("train")
     script:

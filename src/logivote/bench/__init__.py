@@ -4,4 +4,5 @@ README table. They print ratios and raw figures; nothing here is imported by the
 - :mod:`logivote.bench.inference` — README "Inference: the recipe's way against ours" and "Prefix reuse".
 - :mod:`logivote.bench.train_gpu` — README "Training on a GPU".
 - :mod:`logivote.bench.two_gpus` — README "Two GPUs".
+- :mod:`logivote.bench.full_depth` — the recipe's predict phase at full 32B depth (random GPTQ-Int4 checkpoint builder).
 """
