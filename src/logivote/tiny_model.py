@@ -37,6 +37,10 @@ class TinyShape:
     max_position_embeddings: int = 2048
     seed: int = 0
     dtype: str = "float32"
+    # std of the random weights (transformers' default 0.02). With tied embeddings the head's logits scale
+    # with it: at 0.02 and hidden 128 every logit stays within about ±2.6, so no adapter can make the
+    # model confident (the loss floor is near log(vocab) - 2.6) and training barely moves the answers.
+    initializer_range: float = 0.02
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int):  # -> PreTrainedTokenizerFast
@@ -81,6 +85,7 @@ def build_tiny_model(texts: Iterable[str], out_dir: str | os.PathLike[str], shap
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         dtype=shape.dtype,
+        initializer_range=shape.initializer_range,
     )
     torch.manual_seed(shape.seed)
     model = Qwen2ForCausalLM(config).to(getattr(torch, shape.dtype))
