@@ -76,6 +76,20 @@ BAD_INPUT = {
     "too_many_options": (json.dumps(puzzle("bad", options=[str(i) for i in range(27)], answer="A")), "more than the 26 letters"),
     "answer_not_a_letter_of_options": (json.dumps(puzzle("bad", answer="D")), "answer 'D' is not one of its option letters ABC"),
     "missing_answer_in_training": (json.dumps(question_without("answer")), "training data needs an 'answer'"),
+    # a wrong type is named with the value that is there instead
+    "id_is_an_integer": (json.dumps({**puzzle("bad"), "id": 5}), "puzzle: 'id' must be a string, and this one is the integer 5"),
+    "missing_id": (json.dumps(without("id")), "puzzle: missing key 'id'"),
+    "empty_id": (json.dumps({**puzzle("bad"), "id": " "}), "puzzle: 'id' is an empty string"),
+    "problem_is_a_list": (json.dumps({**puzzle("bad"), "problem": ["x"]}), "'problem' must be a string, and this one is the list ['x']"),
+    "questions_is_an_object": (json.dumps({**puzzle("bad"), "questions": {"a": 1}}),
+                               "'questions' must be a non-empty list, and this one is the object {'a': 1}"),
+    "question_is_a_string": (json.dumps({**puzzle("bad"), "questions": ["what?"]}),
+                             "question 0: each question must be an object, and this one is the string 'what?'"),
+    "question_text_is_null": (json.dumps(puzzle("bad", question=None)), "'question' must be a string, and this one is null"),
+    "option_is_a_number": (json.dumps(puzzle("bad", options=["x", 2, "z"])), "option B must be a string, and this one is the integer 2"),
+    "answer_is_an_integer": (json.dumps(puzzle("bad", answer=1)),
+                             "'answer' must be a letter string (one of ABC), and this one is the integer 1"),
+    "answer_is_a_list": (json.dumps(puzzle("bad", answer=["A"])), "and this one is the list ['A']"),
 }
 
 
@@ -89,6 +103,14 @@ def test_bad_input_names_file_and_line_and_writes_nothing(tmp_path: Path, kind: 
     assert str(info.value).startswith(f"{path}:2: ")
     assert words in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    """Files saved by Windows editors start with a BOM: read as UTF-8 with or without it."""
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + good_line().encode() + b"\n" + good_line().replace('"ok"', '"ok2"').encode() + b"\n")
+    assert run(tmp_path, path)["train"] == 4  # two puzzles of two questions
+    assert not read_questions(tmp_path / "out" / "train.jsonl")[0]["qid"].startswith("\ufeff")
 
 
 def test_non_utf8_bytes(tmp_path: Path) -> None:

@@ -33,52 +33,70 @@ class Source:
     split: Split
 
 
-def _require_str(obj: dict[str, Any], key: str, where: str, path: str, line: int) -> str:
+JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "object", type(None): "null"}
+
+
+def describe(value: Any) -> str:
+    """What a JSON value is, for an error message: ``the integer 5``, ``the string '…'``, ``null``."""
+    kind = JSON_TYPES.get(type(value), type(value).__name__)
+    return "null" if value is None else f"the {kind} {value!r:.60}"
+
+
+def _require(obj: dict[str, Any], key: str, where: str, path: str, line: int) -> Any:
     if key not in obj:
         raise InputError(path, line, f"{where}: missing key {key!r}")
-    value = obj[key]
-    if not isinstance(value, str) or not value.strip():
-        raise InputError(path, line, f"{where}: {key!r} must be a non-empty string, got {value!r:.60}")
+    return obj[key]
+
+
+def _require_str(obj: dict[str, Any], key: str, where: str, path: str, line: int) -> str:
+    value = _require(obj, key, where, path, line)
+    if not isinstance(value, str):
+        raise InputError(path, line, f"{where}: {key!r} must be a string, and this one is {describe(value)}")
+    if not value.strip():
+        raise InputError(path, line, f"{where}: {key!r} is an empty string")
+    return value
+
+
+def _require_list(obj: dict[str, Any], key: str, where: str, path: str, line: int) -> list[Any]:
+    value = _require(obj, key, where, path, line)
+    if not isinstance(value, list):
+        raise InputError(path, line, f"{where}: {key!r} must be a non-empty list, and this one is {describe(value)}")
+    if not value:
+        raise InputError(path, line, f"{where}: {key!r} must be a non-empty list, and this one is empty")
     return value
 
 
 def parse_puzzle(obj: dict[str, Any], source: Source, line: int) -> list[Question]:
-    """Validate one raw puzzle and return its questions, flattened."""
+    """Validate one raw puzzle and return its questions, flattened. Each message names the field and,
+    for a wrong type, what the field holds instead (``'id' must be a string, and this one is the integer 5``)."""
     path = source.path
-    puzzle_id = obj.get("id")
-    if not isinstance(puzzle_id, str) or not puzzle_id:
-        raise InputError(path, line, "puzzle: missing or empty 'id'")
+    puzzle_id = _require_str(obj, "id", "puzzle", path, line)
     problem = _require_str(obj, "problem", f"puzzle {puzzle_id}", path, line)
-    if "questions" not in obj:
-        raise InputError(path, line, f"puzzle {puzzle_id}: missing key 'questions'")
-    raw_questions = obj["questions"]
-    if not isinstance(raw_questions, list) or not raw_questions:
-        raise InputError(path, line, f"puzzle {puzzle_id}: 'questions' must be a non-empty list")
+    raw_questions = _require_list(obj, "questions", f"puzzle {puzzle_id}", path, line)
 
     out: list[Question] = []
     for index, raw in enumerate(raw_questions):
         where = f"puzzle {puzzle_id}, question {index}"
         if not isinstance(raw, dict):
-            raise InputError(path, line, f"{where}: expected an object, got {type(raw).__name__}")
+            raise InputError(path, line, f"{where}: each question must be an object, and this one is {describe(raw)}")
         question = _require_str(raw, "question", where, path, line)
-        if "options" not in raw:
-            raise InputError(path, line, f"{where}: missing key 'options'")
-        options = raw["options"]
-        if not isinstance(options, list) or not options:
-            raise InputError(path, line, f"{where}: 'options' must be a non-empty list")
+        options = _require_list(raw, "options", where, path, line)
         if len(options) > len(LETTERS):
             raise InputError(path, line, f"{where}: {len(options)} options, more than the {len(LETTERS)} letters A-Z")
-        if not all(isinstance(option, str) for option in options):
-            raise InputError(path, line, f"{where}: every option must be a string")
+        for n, option in enumerate(options):
+            if not isinstance(option, str):
+                raise InputError(path, line, f"{where}: option {letters_for(len(options))[n]} must be a string, "
+                                             f"and this one is {describe(option)}")
         answer = raw.get("answer")
+        letters = "".join(letters_for(len(options)))
         if answer is None:
             if source.split == "train":
                 raise InputError(path, line, f"{where}: training data needs an 'answer'")
+        elif not isinstance(answer, str):
+            raise InputError(path, line, f"{where}: 'answer' must be a letter string (one of {letters}), "
+                                         f"and this one is {describe(answer)}")
         elif answer not in letters_for(len(options)):
-            raise InputError(
-                path, line,
-                f"{where}: answer {answer!r} is not one of its option letters {''.join(letters_for(len(options)))}",
-            )
+            raise InputError(path, line, f"{where}: answer {answer!r} is not one of its option letters {letters}")
         out.append(
             Question(
                 qid=f"{puzzle_id}#{index}",

@@ -34,15 +34,16 @@ class InputError(ValueError):
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` for each non-blank line of a JSONL file.
 
-    Line numbers start at 1. Blank lines (also a trailing newline) are skipped.
+    Line numbers start at 1. Blank lines (also a trailing newline) are skipped, and so is a UTF-8
+    byte-order mark at the start of the file.
     Raises :class:`InputError` for non-UTF-8 bytes, invalid JSON, a line that is
     not a JSON object, and a file with no records at all.
     """
     seen = 0
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
+            try:  # a byte-order mark (files saved by Windows editors) is allowed before the first line
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as err:
                 raise InputError(path, number, f"not valid UTF-8 ({err.reason} at byte {err.start})") from None
             if not text.strip():
