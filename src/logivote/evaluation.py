@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .contracts import INVALID
+from .jsonl import read_rows
 from .voting import final_answers, read_predictions, tally_round1, top_letter
 
 log = logging.getLogger(__name__)
@@ -179,15 +179,6 @@ def pairwise_agreement(answers: Answers) -> dict[str, dict[str, float | None]]:
 RECIPE_VOTE_SIZES = (15, 17, 19, 21, 25)  # the vote sizes the recipe's authors tried
 
 
-def read_eval(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The rows of a ``results/eval/{oob,dev}/{k}.jsonl`` file (:class:`~logivote.contracts.EvalPrediction`)."""
-    from .jsonl import iter_jsonl
-
-    if os.path.getsize(path) == 0:
-        return []
-    return [row for _, row in iter_jsonl(path)]
-
-
 def _tables(paths: Mapping[int, str]) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, float | None]], dict[str, str], dict[str, int]]:
     answers: dict[str, dict[str, str]] = {}
     logprobs: dict[str, dict[str, float | None]] = {}
@@ -196,7 +187,7 @@ def _tables(paths: Mapping[int, str]) -> tuple[dict[str, dict[str, str]], dict[s
     for k, path in sorted(paths.items()):
         name = str(k)
         answers[name], logprobs[name] = {}, {}
-        for row in read_eval(path):
+        for row in read_rows(path):
             answers[name][row["qid"]] = row["answer"]
             logprobs[name][row["qid"]] = row["logprob"]
             gold[row["qid"]] = row["gold"]
@@ -243,7 +234,6 @@ def evaluate(oob_paths: Mapping[int, str], dev_paths: Mapping[int, str], pool_pa
              draws: int = 100, seed: int = 0, dev_questions_path: str | None = None, dev_round2_path: str | None = None) -> dict[str, Any]:
     """Rule ``evaluate``: ``results/eval/metrics.json`` and its two tables (contract in :mod:`logivote.contracts`)."""
     from .flatten import read_questions
-    from .inference import read_rows
     from .jsonl import atomic_write_text
 
     oob, _, oob_gold, oob_options = _tables(oob_paths)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from .client import Ask, AnswerCache, ClientSettings, ask_all
 from .contracts import EvalPrediction, Prediction, Round1Row, Round2Row
 from .flatten import read_questions
 from .gpus import gpu_slots
-from .jsonl import atomic_write_jsonl, iter_jsonl, sha256_file
+from .jsonl import atomic_write_jsonl, read_rows, sha256_file
 from .server import ServerSpec, VllmServer
 from .voting import final_answers, needs_revote, read_predictions, tally_round1, tally_round2, write_submission
 
@@ -163,13 +162,6 @@ def vote(test_path: str, prediction_paths: Mapping[int, str], out_path: str) -> 
     return rows
 
 
-def read_rows(path: str) -> list[dict[str, Any]]:
-    """Rows of a votes table; an empty round-2 table (nothing to revote) is allowed."""
-    if os.path.getsize(path) == 0:
-        return []
-    return [obj for _, obj in iter_jsonl(path)]
-
-
 def sample_seed(base_seed: int, model: str, qid: str, sample: int) -> int:
     digest = hashlib.sha256(f"{base_seed}:{model}:{qid}:{sample}".encode()).hexdigest()
     return int(digest[:8], 16)
@@ -186,9 +178,7 @@ class DevRound2:
 
 def dev_round1(dev_questions: Sequence[Any], greedy: Mapping[int, str]) -> list[Round1Row]:
     """The round-1 table of the dev questions, from each adapter's greedy dev answers."""
-    from .evaluation import read_eval
-
-    table = {adapter_name(k): {row["qid"]: row["answer"] for row in read_eval(path)} for k, path in greedy.items()}
+    table = {adapter_name(k): {row["qid"]: row["answer"] for row in read_rows(path)} for k, path in greedy.items()}
     return tally_round1(table, dev_questions)
 
 

@@ -114,3 +114,11 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of a results JSONL file that may be empty: a round-2 table with nothing to revote, an
+    adapter's out-of-bag answers when its bag left nothing out (:func:`iter_jsonl` refuses empty files)."""
+    if os.path.getsize(path) == 0:
+        return []
+    return [row for _, row in iter_jsonl(path)]
