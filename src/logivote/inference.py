@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import Ask, AnswerCache, ClientSettings, ask_all
-from .contracts import EvalPrediction, Prediction, Round1Row, Round2Row
+from .contracts import EvalPrediction, Prediction, Question, Round1Row, Round2Row
 from .flatten import read_questions
 from .gpus import gpu_slots
 from .jsonl import atomic_write_jsonl, read_rows, sha256_file
@@ -81,6 +81,33 @@ def prefix_order(asks: Sequence[Ask]) -> list[Ask]:
     return sorted(asks, key=lambda a: (adapter_rank[a.model], puzzle_rank[a.question["puzzle_id"]], a.question["question_index"], a.sample))
 
 
+class PromptTooLong(ValueError):
+    """Some prompts do not fit ``serve.max_model_len``: raised before any server starts."""
+
+
+def check_prompt_lengths(base_dir: str, groups: Mapping[str, Sequence[Question]], max_model_len: int, reply_tokens: int = 1) -> None:
+    """Every prompt plus its reply must fit the server's context; say which do not, by group (test, dev,
+    out-of-bag), with their token counts and the key to raise, before a server is started for nothing."""
+    from transformers import AutoTokenizer
+
+    from .prompt import prompt_lengths
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    problems = []
+    for label, questions in groups.items():
+        unique = list({q["qid"]: q for q in questions}.values())
+        over = {qid: n for qid, n in prompt_lengths(tokenizer, unique).items() if n + reply_tokens > max_model_len}
+        if over:
+            shown = ", ".join(f"{qid} ({n} tokens)" for qid, n in sorted(over.items(), key=lambda kv: -kv[1])[:10])
+            more = f" and {len(over) - 10} more" if len(over) > 10 else ""
+            problems.append(f"{len(over)} {label} question(s): {shown}{more}")
+    if problems:
+        raise PromptTooLong(
+            f"prompts longer than serve.max_model_len {max_model_len} allows ({reply_tokens} token(s) kept for the answer): "
+            + "; ".join(problems) + ". Raise serve.max_model_len in your config (up to the base model's "
+            "max_position_embeddings), or shorten or remove these questions. No server was started.")
+
+
 def _serve_and_ask(base_dir: str, adapters: Mapping[str, str], asks: Sequence[Ask], cache_path: str,
                    serve: ServeSettings, client: ClientSettings, server_log: str, desc: str) -> dict[str, Any]:
     """Start the server only if something is missing from the cache; answers by ask key."""
@@ -138,6 +165,8 @@ def predict(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, out_
         log.info("evaluation: %d out-of-bag and %d dev requests in the same server phase",
                  sum(map(len, oob_asks.values())), sum(map(len, dev_asks.values())))
     everything = [a for group in (asks, oob_asks, dev_asks) for per in group.values() for a in per]
+    check_prompt_lengths(base_dir, {"test": questions, "out-of-bag": [a.question for per in oob_asks.values() for a in per],
+                                    "dev": [a.question for per in dev_asks.values() for a in per]}, ServeSettings(**serve).max_model_len)
     answers = _serve_and_ask(base_dir, adapters, everything, cache_path, ServeSettings(**serve), ClientSettings(**client),
                              server_log, "predict")
     if evaluation is not None:
@@ -199,6 +228,8 @@ def revote(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, round
     n, temperature, seed = vote_settings["round2_samples"], vote_settings["round2_temperature"], vote_settings["seed"]
     asks: list[Ask] = []
     if qids or dev_qids:
+        check_prompt_lengths(base_dir, {"test": [by_id[q] for q in qids], "dev": [by_id[q] for q in dev_qids]},
+                             ServeSettings(**serve).max_model_len)
         prints = _adapter_fingerprints(base_dir, adapters)
         asks = [Ask(name, prints[name], by_id[qid], sample=s, temperature=temperature, seed=sample_seed(seed, name, qid, s))
                 for name in adapters for qid in [*qids, *dev_qids] for s in range(n)]

@@ -9,6 +9,7 @@ the loss covers only the answer tokens (the letter and the end-of-turn token).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .contracts import Question, letters_for
@@ -58,3 +59,8 @@ def encode_example(tokenizer: Any, question: Question, max_len: int) -> dict[str
         "attention_mask": [1] * len(input_ids),
         "labels": [-100] * len(prompt_ids) + list(target_ids),
     }
+
+
+def prompt_lengths(tokenizer: Any, questions: Sequence[Question]) -> dict[str, int]:
+    """Tokens of each question's rendered prompt (what the server counts against its context), by qid."""
+    return {q["qid"]: len(tokenizer(prompt_text(tokenizer, q), add_special_tokens=False)["input_ids"]) for q in questions}
