@@ -4,11 +4,14 @@
 Each model answers the letter named by its last character (``lora-B`` → "B"); model ``lora-Z``
 answers "Z", outside any question's choices. MODE ``flaky`` fails every request's first try with 500;
 MODE ``cut`` drops the connection halfway through every request's first reply, as a dying server does.
+Like vLLM, with ``VLLM_API_KEY`` in its environment it answers /v1/* only to ``Authorization: Bearer <key>``
+(401 otherwise); /health stays open.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +41,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        api_key = os.environ.get("VLLM_API_KEY")
+        if api_key and self.headers.get("Authorization") != f"Bearer {api_key}":
+            self.reply(401, {"error": "Unauthorized"})
+            return
         key = json.dumps(body, sort_keys=True)
         with State.lock:
             State.requests += 1

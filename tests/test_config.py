@@ -17,7 +17,7 @@ def test_dry_run_shows_the_dag(workflow_copy: Path) -> None:
     result = run_snakemake(workflow_copy, "-n")
     assert result.returncode == 0, result.stderr
     assert job_counts(result.stdout) == {
-        "flatten": "1", "dev_split": "1", "subset": "21", "base_model": "1", "train_lora": "2", "adapter": "21",
+        "flatten": "1", "dev_split": "1", "subset": "21", "base_model": "1", "train_lora": "2", "adapter": "21", "loss_curves": "1",
         "predict": "1", "vote": "1", "revote": "1", "submission": "1", "evaluate": "1", "plots": "1", "all": "1",
     }
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from .conftest import LocalRun, copy_workflow, processes_in_group, run_snakemake, server_pids
 
@@ -54,6 +55,10 @@ def test_default_dag_goes_from_raw_files_to_a_submission(full_run: tuple[Path, s
     server_log = (workdir / "logs/vllm/predict.log").read_text()
     assert re.search(r"quantization=\S*gptq", server_log), "vLLM did not load the base as GPTQ"
     assert "CPUWNA16" in server_log, "vLLM did not use its int4 CPU kernel"
+    for k in range(21):  # the training curves, as data next to each adapter
+        curve = (workdir / f"results/adapters/{k}/loss_curve.tsv").read_text().splitlines()
+        assert curve[0] == "adapter\tstep\tloss\tlearning_rate" and len(curve) > 2
+    assert (workdir / "results/plots/loss_curves.svg").stat().st_size > 0
     metrics = json.loads((workdir / "results/eval/metrics.json").read_text())
     assert metrics["dev"]["questions"] == 24 and len(metrics["oob"]["per_adapter"]) == 21
     assert metrics["baselines"]["most_frequent_accuracy"] is not None
@@ -69,7 +74,7 @@ def test_report_holds_every_plot_and_the_metrics_tables(full_run: tuple[Path, su
     assert report.returncode == 0, (report.stdout + report.stderr)[-3000:]
     html = (workdir / "results/report.html").read_text(encoding="utf-8")
     for name in ("adapter_accuracy.svg", "vote_size.svg", "vote_share_accuracy.svg", "round1_vote_share.svg", "agreement.svg",
-                 "adapters.tsv", "vote_size.tsv"):
+                 "adapters.tsv", "vote_size.tsv", "loss_curves.svg"):
         assert name in html, f"{name} is not in the report"
     assert "figures as optimistic" in html  # the workflow description, with its warning that OOB is optimistic
 
@@ -137,8 +142,20 @@ def test_ctrl_c_during_predict_leaves_no_server_behind(full_run: tuple[Path, sub
         assert time.monotonic() < deadline
         time.sleep(0.1)
     (pid,) = server_pids(workdir)
+    # the real vLLM server answers only its own workflow: no key or a wrong key is refused, its key is answered
+    url = re.search(r"started vLLM server pid \d+ on (http://\S+)", log.read_text()).group(1)
+    with open(f"/proc/{pid}/environ", "rb") as environ:
+        key = dict(v.split(b"=", 1) for v in environ.read().split(b"\0") if b"=" in v)[b"VLLM_API_KEY"].decode()
+    assert requests.get(f"{url}/v1/models", timeout=30).status_code == 401
+    assert requests.get(f"{url}/v1/models", headers={"Authorization": "Bearer wrong"}, timeout=30).status_code == 401
+    assert requests.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=30).status_code == 200
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        assert key.encode() not in cmdline.read()
     os.killpg(run.pid, signal.SIGINT)
-    run.communicate(timeout=120)
+    output, _ = run.communicate(timeout=120)
+    assert key not in output
+    for written in (workdir / "logs").rglob("*.log"):
+        assert key not in written.read_text(errors="replace"), f"the server's API key is in {written}"
     assert run.returncode != 0
     deadline = time.monotonic() + 30
     while processes_in_group(pid) and time.monotonic() < deadline:

@@ -52,6 +52,37 @@ def test_starts_waits_for_health_and_stops_the_whole_group(tmp_path: Path) -> No
     assert "fake server starting" in (tmp_path / "server.log").read_text()
 
 
+def test_each_server_answers_only_requests_with_its_own_key(tmp_path: Path) -> None:
+    """A fresh random key per server, in its environment (VLLM_API_KEY), never in argv or a log; the workflow's
+    client sends it. The real vLLM's refusal is checked in test_e2e (Ctrl-C test, while its server is up)."""
+    import requests
+
+    from logivote.client import AnswerCache, Ask, ClientSettings, ask_all
+
+    keys = []
+    for run in range(2):
+        with VllmServer(fake_spec(health_timeout_s=30), tmp_path / f"server{run}.log") as server:
+            keys.append(server.api_key)
+            assert len(server.api_key) >= 32
+            with open(f"/proc/{server.process.pid}/environ", "rb") as env:
+                assert f"VLLM_API_KEY={server.api_key}".encode() in env.read().split(b"\0")
+            with open(f"/proc/{server.process.pid}/cmdline", "rb") as cmdline:
+                assert server.api_key.encode() not in cmdline.read()
+            body = {"model": "lora-B", "messages": []}
+            assert requests.post(f"{server.url}/v1/chat/completions", json=body, timeout=5).status_code == 401
+            wrong = {"Authorization": "Bearer not-the-key"}
+            assert requests.post(f"{server.url}/v1/chat/completions", json=body, headers=wrong, timeout=5).status_code == 401
+            question = {"qid": "p#0", "puzzle_id": "p", "question_index": 0, "source": "s", "problem": "?", "question": "?",
+                        "options": ["x", "y"], "answer": None}
+            cache = AnswerCache(str(tmp_path / f"cache{run}.jsonl"))
+            answers = ask_all(server.url, [Ask("lora-B", "fp", question)], cache, ClientSettings(threads=2, retries=0),
+                              api_key=server.api_key)
+            cache.close()
+            assert [a.answer for a in answers.values()] == ["B"]
+        assert server.api_key not in (tmp_path / f"server{run}.log").read_text()
+    assert keys[0] != keys[1]
+
+
 def test_never_healthy_fails_within_the_timeout_with_the_log_tail(tmp_path: Path) -> None:
     spec = ServerSpec(model="m", health_timeout_s=3, command=[sys.executable, "-c", "import time; print('still booting', flush=True); time.sleep(600)"])
     server = VllmServer(spec, tmp_path / "server.log")

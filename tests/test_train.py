@@ -234,3 +234,27 @@ def test_a_diverging_adapter_fails_the_job_by_name_and_writes_nothing(tiny: dict
     with pytest.raises(FloatingPointError, match=r"adapter 1: training loss is nan at step 5 of 60 .*train\.learning_rate"):
         train_adapters(tiny["base"], bags, {k: tmp_path / "out" / str(k) for k in bags}, tmp_path / "ckpt", SETTINGS)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_loss_curve_rows_are_the_logged_window_means_with_the_scheduled_rate() -> None:
+    from logivote.train import loss_curve
+
+    linear = lambda n: max(0.0, (4 - n) / 4)  # noqa: E731  # 4 optimizer steps, linear decay to 0
+    rows = loss_curve(7, [4.0, 2.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.1], logging_steps=4, grad_accum=2, base_lr=1e-3, lr_factor=linear)
+    assert [(a, s) for a, s, _, _ in rows] == [(7, 4), (7, 8), (7, 9)]  # every 4 steps and the last
+    assert [loss for _, _, loss, _ in rows] == [2.0, 0.375, 0.1]
+    assert [lr for _, _, _, lr in rows] == pytest.approx([1e-3 * 3 / 4, 1e-3 * 1 / 4, 0.0])  # after 1, 3 and 4 optimizer steps
+
+
+def test_every_adapter_folder_has_its_loss_curve(tiny: dict[str, Path], tmp_path: Path) -> None:
+    from logivote.train import read_loss_curve
+
+    bags = subsets(tiny, {0: 0.25, 1: 0.1})  # 30 and 12 questions: 60 and 24 steps
+    train_adapters(tiny["base"], bags, {k: tmp_path / str(k) for k in bags}, tmp_path / "ckpt", SETTINGS)
+    for k, steps in ((0, 60), (1, 24)):
+        rows = read_loss_curve(tmp_path / str(k) / "loss_curve.tsv")
+        expected = sorted(set(range(5, steps + 1, 5)) | {steps})  # every logging_steps (5) and the adapter's last step
+        assert [r["step"] for r in rows] == expected
+        assert {r["adapter"] for r in rows} == {k}
+        assert rows[0]["learning_rate"] > rows[-1]["learning_rate"] >= 0  # linear schedule
+        assert rows[-1]["loss"] < rows[0]["loss"]

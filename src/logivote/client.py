@@ -170,8 +170,9 @@ def ask_one(session: requests.Session, url: str, ask: Ask, settings: ClientSetti
 
 
 def ask_all(url: str, asks: Sequence[Ask], cache: AnswerCache, settings: ClientSettings,
-            alive: Callable[[], None] = lambda: None, desc: str = "answers") -> dict[str, Answer]:
-    """Answer every ask (cached ones are not sent again); return answers by :attr:`Ask.key`."""
+            alive: Callable[[], None] = lambda: None, desc: str = "answers", api_key: str = "") -> dict[str, Answer]:
+    """Answer every ask (cached ones are not sent again); return answers by :attr:`Ask.key`.
+    ``api_key``: the server's key (:attr:`logivote.server.VllmServer.api_key`), sent as a bearer token."""
     todo = [ask for ask in asks if ask.key not in cache.entries]
     log.info("%d requests: %d cached, %d to ask with %d threads", len(asks), len(asks) - len(todo), len(todo), settings.threads)
     local = threading.local()
@@ -179,6 +180,8 @@ def ask_all(url: str, asks: Sequence[Ask], cache: AnswerCache, settings: ClientS
     def work(ask: Ask) -> None:
         if not hasattr(local, "session"):
             local.session = requests.Session()
+            if api_key:
+                local.session.headers["Authorization"] = f"Bearer {api_key}"
         cache.add(ask.key, ask_one(local.session, url, ask, settings, alive))
 
     if todo:

@@ -26,7 +26,10 @@ unless said otherwise, written atomically (see :mod:`logivote.jsonl`).
 ``results/train_jobs/{job}/{k}/`` and ``results/adapters/{k}/`` — a peft adapter folder
     ``adapter_config.json`` + ``adapter_model.safetensors`` (keys
     ``base_model.model.<module>.lora_{A,B}.weight``, float32) + ``logivote_train.json``
-    (settings, examples, steps, the job's adapters, final loss). Training job
+    (settings, examples, steps, the job's adapters, final loss) + ``loss_curve.tsv`` (tab-separated,
+    header ``adapter step loss learning_rate``: one row per logged step, every ``train.logging_steps``
+    and the adapter's last, the mean loss since the previous row and the learning rate then;
+    :func:`logivote.train.read_loss_curve`). Training job
     ``job`` holds adapters ``job*K … job*K+K-1`` (``train.adapters_per_job``);
     ``results/adapters/{k}/`` holds hard links to its files.
 

@@ -118,7 +118,7 @@ def _serve_and_ask(base_dir: str, adapters: Mapping[str, str], asks: Sequence[As
             log.info("all %d answers are cached: no server needed", len(asks))
             return ask_all("", asks, cache, client, desc=desc)
         with gpu_slots(serve.gpus), VllmServer(serve.spec(base_dir, adapters), server_log) as server:
-            return ask_all(server.url, asks, cache, client, alive=server.check_alive, desc=desc)
+            return ask_all(server.url, asks, cache, client, alive=server.check_alive, desc=desc, api_key=server.api_key)
     finally:
         cache.close()
 

@@ -125,6 +125,27 @@ def agreement(metrics: Mapping[str, Any], path: str) -> None:
     _save(fig, path)
 
 
+def loss_curves(adapter_dirs: Mapping[str, str], path: str) -> None:
+    """Each adapter's training loss over its steps (``loss_curve.tsv`` in its folder) and their mean."""
+    from .train import LOSS_CURVE, read_loss_curve
+
+    fig, ax = plt.subplots(figsize=(9, 4.6))
+    curves = {name: read_loss_curve(os.path.join(folder, LOSS_CURVE)) for name, folder in adapter_dirs.items()}
+    by_step: dict[float, list[float]] = {}
+    for rows in curves.values():
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], color="tab:blue", alpha=0.35, linewidth=0.8)
+        for r in rows:
+            by_step.setdefault(r["step"], []).append(r["loss"])
+    steps = sorted(s for s, values in by_step.items() if len(values) == len(curves))  # steps every adapter logged
+    ax.plot(steps, [sum(by_step[s]) / len(curves) for s in steps], color="black", linewidth=2,
+            label=f"mean of the {len(curves)} adapters")
+    ax.plot([], [], color="tab:blue", alpha=0.35, label="one adapter")
+    ax.set(xlabel="training step (one question per adapter per step)", ylabel="loss (answer letter + end of turn)",
+           title="Training loss of every adapter", ylim=(0, None))
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
 def _save(fig: Any, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, format="svg")

@@ -7,6 +7,11 @@ the way out: on success, on an exception in the block, on SIGTERM/SIGINT
 (Snakemake's Ctrl-C), and — through ``PR_SET_PDEATHSIG`` — when the process
 that started it is killed outright. If the server never becomes healthy or
 dies, the error carries the tail of its log.
+
+Each server gets a fresh random API key (:attr:`VllmServer.api_key`): on a shared machine or a SLURM
+node every other user could otherwise query it on 127.0.0.1 and read the adapters' answers. The key
+reaches vLLM through its environment (``VLLM_API_KEY``: unlike argv, other users cannot read a
+process's environment) and the client through :attr:`api_key`; it is written to no log.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -105,6 +111,7 @@ class VllmServer:
         self.spec = spec
         self.log_path = Path(log_path)
         self.port = 0
+        self.api_key = ""  # set by start(): the key a request to /v1/* must carry (Authorization: Bearer)
         self.process: subprocess.Popen[bytes] | None = None
         self._old_handlers: dict[int, Any] = {}
 
@@ -134,6 +141,8 @@ class VllmServer:
         argv = self.spec.argv(self.port)
         env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
         env.update(self.spec.env)
+        self.api_key = secrets.token_urlsafe(32)
+        env["VLLM_API_KEY"] = self.api_key  # never on the command line, which `ps` shows every user
         with open(self.log_path, "wb") as out:
             out.write(("$ " + " ".join(argv) + "\n").encode())
             out.flush()

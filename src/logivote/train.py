@@ -200,6 +200,38 @@ def _batch(examples: Sequence[dict[str, list[int]]], pad_id: int, device: Any) -
     return ids.to(device), mask.to(device), as_long(rows), as_long(cols), as_long(targets)
 
 
+LOSS_CURVE = "loss_curve.tsv"
+LOSS_CURVE_COLUMNS = ("adapter", "step", "loss", "learning_rate")
+
+
+def loss_curve(adapter: int, losses: Sequence[float], logging_steps: int, grad_accum: int, base_lr: float,
+               lr_factor: Callable[[int], float] | None) -> list[tuple[int, int, float, float]]:
+    """The rows of ``loss_curve.tsv`` (contracts): one per logged step (every ``logging_steps`` and the last),
+    the mean loss since the previous row, and the learning rate in effect at that step (``lr_factor``: the
+    scheduler's multiplier after n optimizer steps; NaN when the scheduler has none)."""
+    rows = []
+    start = 0
+    for step in range(1, len(losses) + 1):
+        if step % logging_steps == 0 or step == len(losses):
+            window = losses[start:step]
+            lr = base_lr * lr_factor((step - 1) // grad_accum) if lr_factor is not None else float("nan")
+            rows.append((adapter, step, sum(window) / len(window), lr))
+            start = step
+    return rows
+
+
+def write_loss_curve(path: str | os.PathLike[str], rows: Sequence[tuple[int, int, float, float]]) -> None:
+    lines = ["\t".join(LOSS_CURVE_COLUMNS)] + [f"{a}\t{s}\t{loss:.6g}\t{lr:.6g}" for a, s, loss, lr in rows]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def read_loss_curve(path: str | os.PathLike[str]) -> list[dict[str, float]]:
+    header, *body = Path(path).read_text().splitlines()
+    if tuple(header.split("\t")) != LOSS_CURVE_COLUMNS:
+        raise ValueError(f"{path}: expected the columns {LOSS_CURVE_COLUMNS}, got {header!r}")
+    return [dict(zip(LOSS_CURVE_COLUMNS, map(float, line.split("\t")))) for line in body]
+
+
 def _save_checkpoint(checkpoint_dir: Path, step: int, lora: Any, optimizers: Sequence[Any], schedulers: Sequence[Any],
                      losses: Sequence[list[float]]) -> None:
     import torch
@@ -342,6 +374,9 @@ def train_adapters(
     for i, k in enumerate(adapters):
         with atomic_directory(out_dirs[k]) as tmp:
             save_peft_adapter(lora, i, tmp, base_dir)
+            lambdas = getattr(schedulers[i], "lr_lambdas", None)
+            write_loss_curve(tmp / LOSS_CURVE, loss_curve(k, losses[i], settings.logging_steps, settings.grad_accum,
+                                                          settings.learning_rate, lambdas[0] if lambdas else None))
             (tmp / "logivote_train.json").write_text(json.dumps(
                 {"adapter": k, "settings": asdict(settings), "examples": len(examples[i]), "steps": len(streams[i]),
                  "job_adapters": adapters, "final_loss": sum(losses[i][-10:]) / max(len(losses[i][-10:]), 1)},

@@ -91,4 +91,4 @@ def predict_eval_inputs():
 
 def all_input():
     plots = expand("results/eval/plots/{name}.svg", name=["adapter_accuracy", "vote_size", "vote_share_accuracy", "round1_vote_share", "agreement"])
-    return ["results/submission.jsonl"] + (["results/eval/metrics.json", *plots] if EVALUATION else [])
+    return ["results/submission.jsonl", "results/plots/loss_curves.svg"] + (["results/eval/metrics.json", *plots] if EVALUATION else [])

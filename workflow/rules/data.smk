@@ -6,6 +6,7 @@ rule flatten:
         test="results/data/test.jsonl",
     params:
         sources=config["sources"],
+    localrule: True  # seconds of CPU on small files: never worth a cluster job (README: SLURM)
     log:
         "logs/flatten.log",
     conda:
@@ -23,6 +24,7 @@ rule dev_split:
     params:
         seed=config["evaluation"]["seed"],
         fraction=config["evaluation"]["dev_fraction"],
+    localrule: True  # seconds of CPU on small files: never worth a cluster job (README: SLURM)
     log:
         "logs/dev_split.log",
     conda:
@@ -40,6 +42,7 @@ rule subset:
     params:
         fraction=config["bagging"]["fraction"],
         base_seed=config["bagging"]["base_seed"],
+    localrule: True  # seconds of CPU on small files: never worth a cluster job (README: SLURM)
     log:
         "logs/subset/{k}.log",
     conda:

@@ -55,3 +55,19 @@ rule adapter:
         "../../envs/data.yaml"
     script:
         "../scripts/adapter.py"
+
+
+rule loss_curves:
+    input:
+        adapter_dirs(),
+    output:
+        report("results/plots/loss_curves.svg", caption="../report/loss_curves.rst", category="Training"),
+    params:
+        subsets=SUBSETS,
+    localrule: True
+    log:
+        "logs/loss_curves.log",
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/loss_curves.py"

@@ -53,7 +53,7 @@ def run(serve: ServeSettings, base: str, adapters: dict[str, str], questions: li
     start = time.perf_counter()
     with VllmServer(serve.spec(base, adapters), tmp / f"{tag}.log") as server:
         ready = time.perf_counter()
-        answers = ask_all(server.url, asks, cache, ClientSettings(threads=64))
+        answers = ask_all(server.url, asks, cache, ClientSettings(threads=64), api_key=server.api_key)
         asked = time.perf_counter()
         stats = counters(server.url)
     cache.close()
