@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,8 @@ class LocalRun:
 def default_run(tmp_path_factory: pytest.TempPathFactory) -> LocalRun:
     """One local run of the whole embedded default, shared by the end-to-end and the SLURM tests."""
     dest = copy_workflow(tmp_path_factory.mktemp("e2e") / "clone")
+    started = time.monotonic()
     result = run_snakemake(dest)
+    print(f"local run of the embedded default: {time.monotonic() - started:.0f} s")  # beside the SLURM run's figure
     submission = dest / "results" / "submission.jsonl"
     return LocalRun(dest, result, submission.read_bytes() if submission.exists() else None)
