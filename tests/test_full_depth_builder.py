@@ -11,7 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("gptqmodel")
 
-from logivote.bench.full_depth import QwenShape, build_random_gptq, write_random_adapters  # noqa: E402
+from logivote.bench.full_depth import build_random_gptq, write_random_adapters  # noqa: E402
+from logivote.tiny_model import TinyShape  # noqa: E402
 
 
 def test_random_gptq_checkpoint_and_adapters_load_and_run(tmp_path: Path) -> None:
@@ -19,7 +20,8 @@ def test_random_gptq_checkpoint_and_adapters_load_and_run(tmp_path: Path) -> Non
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    shape = QwenShape(hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2, vocab=1024)
+    shape = TinyShape(vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2)
     base = build_random_gptq(tmp_path / "base", ["a puzzle about who sits where, and its options"] * 20, shape,
                              vocab_for_tokenizer=300, device="cpu")
     config = json.loads((base / "config.json").read_text())

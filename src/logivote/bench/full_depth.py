@@ -27,36 +27,26 @@ import re
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from logivote.jsonl import atomic_directory, atomic_write_jsonl, dumps
+from logivote.tiny_model import TinyShape
 
 
-@dataclass(frozen=True)
-class QwenShape:
-    """Qwen2.5-32B-Instruct's shape (the recipe's base); ``layers`` may be cut for a slice."""
+# Qwen2.5-32B-Instruct's shape (the recipe's base), all 64 layers; dataclasses.replace(..., num_hidden_layers=n) cuts a slice
+QWEN32B = TinyShape(vocab_size=152064, hidden_size=5120, intermediate_size=27648, num_hidden_layers=64,
+                    num_attention_heads=40, num_key_value_heads=8, max_position_embeddings=32768, dtype="float16")
+GROUP_SIZE = 128  # Qwen's GPTQ-Int4 checkpoints
 
-    hidden: int = 5120
-    intermediate: int = 27648
-    layers: int = 64
-    heads: int = 40
-    kv_heads: int = 8
-    vocab: int = 152064
-    group_size: int = 128
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-    def linears(self) -> dict[str, tuple[str, int, int]]:
-        """LoRA target name -> (submodule, in_features, out_features)."""
-        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return {"q_proj": ("self_attn", self.hidden, q), "k_proj": ("self_attn", self.hidden, kv),
-                "v_proj": ("self_attn", self.hidden, kv), "o_proj": ("self_attn", q, self.hidden),
-                "gate_proj": ("mlp", self.hidden, self.intermediate), "up_proj": ("mlp", self.hidden, self.intermediate),
-                "down_proj": ("mlp", self.intermediate, self.hidden)}
+def linears(shape: TinyShape) -> dict[str, tuple[str, int, int]]:
+    """LoRA target name -> (submodule, in_features, out_features) of one decoder layer."""
+    head_dim = shape.hidden_size // shape.num_attention_heads
+    q, kv, h, i = shape.num_attention_heads * head_dim, shape.num_key_value_heads * head_dim, shape.hidden_size, shape.intermediate_size
+    return {"q_proj": ("self_attn", h, q), "k_proj": ("self_attn", h, kv), "v_proj": ("self_attn", h, kv), "o_proj": ("self_attn", q, h),
+            "gate_proj": ("mlp", h, i), "up_proj": ("mlp", h, i), "down_proj": ("mlp", i, h)}
 
 
 def _random_int4_linear(prefix: str, n_in: int, n_out: int, group: int, bias: bool, gen: Any, device: str) -> dict[str, Any]:
@@ -75,8 +65,8 @@ def _random_int4_linear(prefix: str, n_in: int, n_out: int, group: int, bias: bo
     return {k: v.cpu() for k, v in tensors.items()}
 
 
-def build_random_gptq(out_dir: str | Path, tokenizer_texts: list[str], shape: QwenShape = QwenShape(), vocab_for_tokenizer: int = 4096,
-                      device: str = "cuda", seed: int = 0, layers_per_shard: int = 8) -> Path:
+def build_random_gptq(out_dir: str | Path, tokenizer_texts: list[str], shape: TinyShape = QWEN32B, vocab_for_tokenizer: int = 4096,
+                      device: str = "cuda", seed: int = 0, layers_per_shard: int = 8, group_size: int = GROUP_SIZE) -> Path:
     """Write the checkpoint (atomically; an existing complete one is kept). Returns its folder."""
     import torch
     from safetensors.torch import save_file
@@ -91,13 +81,13 @@ def build_random_gptq(out_dir: str | Path, tokenizer_texts: list[str], shape: Qw
         tokenizer.save_pretrained(tmp)
         eos, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")
         config = {
-            "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": shape.hidden,
-            "intermediate_size": shape.intermediate, "num_hidden_layers": shape.layers, "num_attention_heads": shape.heads,
-            "num_key_value_heads": shape.kv_heads, "vocab_size": shape.vocab, "max_position_embeddings": 32768,
+            "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": shape.hidden_size,
+            "intermediate_size": shape.intermediate_size, "num_hidden_layers": shape.num_hidden_layers, "num_attention_heads": shape.num_attention_heads,
+            "num_key_value_heads": shape.num_key_value_heads, "vocab_size": shape.vocab_size, "max_position_embeddings": 32768,
             "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "hidden_act": "silu", "tie_word_embeddings": False,
-            "torch_dtype": "float16", "use_sliding_window": False, "sliding_window": 131072, "max_window_layers": shape.layers,
+            "torch_dtype": "float16", "use_sliding_window": False, "sliding_window": 131072, "max_window_layers": shape.num_hidden_layers,
             "attention_dropout": 0.0, "bos_token_id": pad, "eos_token_id": eos, "pad_token_id": pad,
-            "quantization_config": {"bits": 4, "group_size": shape.group_size, "desc_act": False, "sym": True,
+            "quantization_config": {"bits": 4, "group_size": group_size, "desc_act": False, "sym": True,
                                     "quant_method": "gptq", "static_groups": False, "true_sequential": True, "damp_percent": 0.01},
         }
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
@@ -113,24 +103,24 @@ def build_random_gptq(out_dir: str | Path, tokenizer_texts: list[str], shape: Qw
         def dense(*size: int) -> Any:
             return (torch.randn(*size, device=device, generator=gen) * 0.02).half().cpu()
 
-        shard: dict[str, Any] = {"model.embed_tokens.weight": dense(shape.vocab, shape.hidden),
-                                 "lm_head.weight": dense(shape.vocab, shape.hidden),
-                                 "model.norm.weight": torch.ones(shape.hidden, dtype=torch.float16)}
+        shard: dict[str, Any] = {"model.embed_tokens.weight": dense(shape.vocab_size, shape.hidden_size),
+                                 "lm_head.weight": dense(shape.vocab_size, shape.hidden_size),
+                                 "model.norm.weight": torch.ones(shape.hidden_size, dtype=torch.float16)}
         flush(shard, "model-embed-head.safetensors")
-        for layer in range(shape.layers):
+        for layer in range(shape.num_hidden_layers):
             prefix = f"model.layers.{layer}"
-            for name, (part, n_in, n_out) in shape.linears().items():
-                shard.update(_random_int4_linear(f"{prefix}.{part}.{name}", n_in, n_out, shape.group_size,
+            for name, (part, n_in, n_out) in linears(shape).items():
+                shard.update(_random_int4_linear(f"{prefix}.{part}.{name}", n_in, n_out, group_size,
                                                  name in ("q_proj", "k_proj", "v_proj"), gen, device))
             for norm in ("input_layernorm", "post_attention_layernorm"):
-                shard[f"{prefix}.{norm}.weight"] = torch.ones(shape.hidden, dtype=torch.float16)
-            if (layer + 1) % layers_per_shard == 0 or layer + 1 == shape.layers:
+                shard[f"{prefix}.{norm}.weight"] = torch.ones(shape.hidden_size, dtype=torch.float16)
+            if (layer + 1) % layers_per_shard == 0 or layer + 1 == shape.num_hidden_layers:
                 flush(shard, f"model-layers-{layer // layers_per_shard:02d}.safetensors")
         (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return target
 
 
-def write_random_adapters(out_root: str | Path, base_dir: str | Path, n: int, shape: QwenShape = QwenShape(), r: int = 8,
+def write_random_adapters(out_root: str | Path, base_dir: str | Path, n: int, shape: TinyShape = QWEN32B, r: int = 8,
                           device: str = "cuda", seed: int = 1000) -> dict[int, str]:
     """``n`` rank-``r`` LoRA adapters on every linear of every layer, in peft's file layout."""
     import torch
@@ -144,8 +134,8 @@ def write_random_adapters(out_root: str | Path, base_dir: str | Path, n: int, sh
             continue
         gen = torch.Generator(device=device).manual_seed(seed + k)
         tensors = {}
-        for layer in range(shape.layers):
-            for name, (part, n_in, n_out) in shape.linears().items():
+        for layer in range(shape.num_hidden_layers):
+            for name, (part, n_in, n_out) in linears(shape).items():
                 key = f"base_model.model.model.layers.{layer}.{part}.{name}"
                 tensors[f"{key}.lora_A.weight"] = (torch.randn(r, n_in, device=device, generator=gen) * 0.01).half().cpu()
                 tensors[f"{key}.lora_B.weight"] = (torch.randn(n_out, r, device=device, generator=gen) * 0.01).half().cpu()
@@ -153,7 +143,7 @@ def write_random_adapters(out_root: str | Path, base_dir: str | Path, n: int, sh
             save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
             (tmp / "adapter_config.json").write_text(json.dumps({
                 "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": 2 * r, "lora_dropout": 0.0,
-                "target_modules": sorted(shape.linears()), "bias": "none", "fan_in_fan_out": False, "modules_to_save": None,
+                "target_modules": sorted(linears(shape)), "bias": "none", "fan_in_fan_out": False, "modules_to_save": None,
                 "use_rslora": False, "use_dora": False, "base_model_name_or_path": str(base_dir)}))
     return folders
 
@@ -232,10 +222,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.questions:
         questions = questions[: args.questions]
     atomic_write_jsonl(work / "asked.jsonl", questions)
-    shape = QwenShape(layers=args.layers)
+    shape = replace(QWEN32B, num_hidden_layers=args.layers)
     t0 = time.monotonic()
     texts = [SYSTEM] + [user_prompt(q) for q in read_questions(work / "train.jsonl") + read_questions(work / "test.jsonl")]
-    base = build_random_gptq(work / f"qwen32b-{shape.layers}l-gptq-int4", texts, shape)
+    base = build_random_gptq(work / f"qwen32b-{shape.num_hidden_layers}l-gptq-int4", texts, shape)
     build_s = time.monotonic() - t0
     adapters = write_random_adapters(work / "adapters", base, args.adapters, shape)
     adapters_s = time.monotonic() - t0 - build_s
@@ -258,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         except Exception as exc:  # report the failure in the result line, then re-raise
             error = f"{type(exc).__name__}: {str(exc)[-600:]}"
     wall = time.monotonic() - started
-    result: dict[str, Any] = {"bench": "full_depth_predict", "tag": tag, "layers": shape.layers, "adapters": len(adapters),
+    result: dict[str, Any] = {"bench": "full_depth_predict", "tag": tag, "layers": shape.num_hidden_layers, "adapters": len(adapters),
                               "questions": len(questions), "asks": len(questions) * len(adapters), "max_loras": args.max_loras,
                               "serve_args": serve["extra_args"], "build_s": round(build_s, 1), "adapters_s": round(adapters_s, 1),
                               "phase_wall_s": round(wall, 1), "gpu_peak_mib": memory.peak_mib,
