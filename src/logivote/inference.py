@@ -165,10 +165,10 @@ def predict(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, out_
         log.info("evaluation: %d out-of-bag and %d dev requests in the same server phase",
                  sum(map(len, oob_asks.values())), sum(map(len, dev_asks.values())))
     everything = [a for group in (asks, oob_asks, dev_asks) for per in group.values() for a in per]
+    settings = ServeSettings(**serve)
     check_prompt_lengths(base_dir, {"test": questions, "out-of-bag": [a.question for per in oob_asks.values() for a in per],
-                                    "dev": [a.question for per in dev_asks.values() for a in per]}, ServeSettings(**serve).max_model_len)
-    answers = _serve_and_ask(base_dir, adapters, everything, cache_path, ServeSettings(**serve), ClientSettings(**client),
-                             server_log, "predict")
+                                    "dev": [a.question for per in dev_asks.values() for a in per]}, settings.max_model_len)
+    answers = _serve_and_ask(base_dir, adapters, everything, cache_path, settings, ClientSettings(**client), server_log, "predict")
     if evaluation is not None:
         for k in adapter_dirs:
             _write_eval(evaluation.oob_out[k], oob_asks[k], answers)
@@ -228,12 +228,12 @@ def revote(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, round
     n, temperature, seed = vote_settings["round2_samples"], vote_settings["round2_temperature"], vote_settings["seed"]
     asks: list[Ask] = []
     if qids or dev_qids:
-        check_prompt_lengths(base_dir, {"test": [by_id[q] for q in qids], "dev": [by_id[q] for q in dev_qids]},
-                             ServeSettings(**serve).max_model_len)
+        settings = ServeSettings(**serve)
+        check_prompt_lengths(base_dir, {"test": [by_id[q] for q in qids], "dev": [by_id[q] for q in dev_qids]}, settings.max_model_len)
         prints = _adapter_fingerprints(base_dir, adapters)
         asks = [Ask(name, prints[name], by_id[qid], sample=s, temperature=temperature, seed=sample_seed(seed, name, qid, s))
                 for name in adapters for qid in [*qids, *dev_qids] for s in range(n)]
-        answers = _serve_and_ask(base_dir, adapters, asks, cache_path, ServeSettings(**serve), ClientSettings(**client), server_log, "revote")
+        answers = _serve_and_ask(base_dir, adapters, asks, cache_path, settings, ClientSettings(**client), server_log, "revote")
     samples: dict[str, dict[str, list[str]]] = {name: {} for name in adapters}
     for ask in asks:
         samples[ask.model].setdefault(ask.question["qid"], []).append(answers[ask.key].answer)

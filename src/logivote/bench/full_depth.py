@@ -16,7 +16,7 @@ rate, peak GPU memory (nvidia-smi, sampled every second).
     python -m logivote.bench.full_depth --data DIR --work /tmp/fd --out result.jsonl [--questions N] [--max-loras 21]
     (``DIR`` holds round1_train_data.jsonl and round1_test_data.jsonl; vLLM importable.)
 
-The training-speed benchmark reuses :func:`build_random_gptq` for a full-depth training base.
+The training-speed issue's full-depth benchmark is meant to reuse :func:`build_random_gptq` for its base.
 """
 
 from __future__ import annotations
@@ -192,7 +192,6 @@ def prefix_hit_rate(server_log: str | Path) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-
     import torch
 
     from logivote.flatten import Source, flatten, read_questions
