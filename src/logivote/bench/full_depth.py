@@ -13,7 +13,7 @@ does not depend on the weights' values, so the timings are those of the real mod
 choice) and prints one JSON line: server start, answers/s, the phase's wall time, prefix-cache hit
 rate, peak GPU memory (nvidia-smi, sampled every second).
 
-    python -m logivote.bench.full_depth --data DIR --work /tmp/fd --out result.jsonl [--questions N] [--max-loras 21]
+    python -m logivote.bench.full_depth --data DIR --work /tmp/fd --out result.jsonl [--questions N] [--max-loras 21] [--prepare-only]
     (``DIR`` holds round1_train_data.jsonl and round1_test_data.jsonl; vLLM importable.)
 
 The training-speed issue's full-depth benchmark is meant to reuse :func:`build_random_gptq` for its base.
@@ -210,6 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gpu-memory-utilization", default="0.88")
     ap.add_argument("--serve-arg", action="append", default=[], help="extra vLLM argument (repeat)")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--gpus", type=int, default=1, help="GPUs the server gets (pass --tensor-parallel-size through --serve-arg)")
+    ap.add_argument("--device", default="cuda", help="where the random weights are drawn")
+    ap.add_argument("--prepare-only", action="store_true", help="build the checkpoint and adapters, serve nothing (needs no vLLM)")
     args = ap.parse_args(argv)
 
     work = Path(args.work)
@@ -224,10 +227,13 @@ def main(argv: list[str] | None = None) -> None:
     shape = replace(QWEN32B, num_hidden_layers=args.layers)
     t0 = time.monotonic()
     texts = [SYSTEM] + [user_prompt(q) for q in read_questions(work / "train.jsonl") + read_questions(work / "test.jsonl")]
-    base = build_random_gptq(work / f"qwen32b-{shape.num_hidden_layers}l-gptq-int4", texts, shape)
+    base = build_random_gptq(work / f"qwen32b-{shape.num_hidden_layers}l-gptq-int4", texts, shape, device=args.device)
     build_s = time.monotonic() - t0
-    adapters = write_random_adapters(work / "adapters", base, args.adapters, shape)
+    adapters = write_random_adapters(work / "adapters", base, args.adapters, shape, device=args.device)
     adapters_s = time.monotonic() - t0 - build_s
+    if args.prepare_only:
+        print(f"prepared {base} and {len(adapters)} adapters in {build_s:.0f} + {adapters_s:.0f} s", flush=True)
+        return
     torch.cuda.empty_cache()  # the server's --gpu-memory-utilization does not see this process's cached memory
 
     tag = args.tag or f"maxloras{args.max_loras}"
@@ -235,8 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     run.mkdir()
     serve = {"dtype": "float16", "max_model_len": 4096, "max_loras": args.max_loras, "max_lora_rank": 8, "prefix_caching": True,
              "block_size": 16, "extra_args": ["--gpu-memory-utilization", args.gpu_memory_utilization, *args.serve_arg],
-             "env": {"VLLM_USE_FLASHINFER_SAMPLER": "0", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"},
-             "health_timeout_s": 900, "gpus": 1, "threads": 8}
+             "env": {"VLLM_USE_FLASHINFER_SAMPLER": "0", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+                     # NVLink multicast stays off (it can take a shared host's GPUs out of service)
+                     "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"},
+             "health_timeout_s": 900, "gpus": args.gpus, "threads": 8}
     client = {"threads": 64, "timeout_s": 600, "retries": 3, "backoff_s": 1.0}
     outs = {k: str(run / f"pred_{k}.jsonl") for k in adapters}
     started = time.monotonic()
@@ -248,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
             error = f"{type(exc).__name__}: {str(exc)[-600:]}"
     wall = time.monotonic() - started
     result: dict[str, Any] = {"bench": "full_depth_predict", "tag": tag, "layers": shape.num_hidden_layers, "adapters": len(adapters),
-                              "questions": len(questions), "asks": len(questions) * len(adapters), "max_loras": args.max_loras,
+                              "questions": len(questions), "asks": len(questions) * len(adapters), "max_loras": args.max_loras, "gpus": args.gpus,
                               "serve_args": serve["extra_args"], "build_s": round(build_s, 1), "adapters_s": round(adapters_s, 1),
                               "phase_wall_s": round(wall, 1), "gpu_peak_mib": memory.peak_mib,
                               "gpu": torch.cuda.get_device_name(0), "error": error}
