@@ -15,7 +15,7 @@ import yaml
 from .conftest import REPO
 
 PAIRS = {"cpu": "envs/cpu.yaml", "gpu-train": "envs/gpu-train.yaml", "gpu-serve": "envs/gpu-serve.yaml",
-         "slurm": "envs/slurm.yaml"}
+         "gpu-v100-train": "envs/gpu-v100-train.yaml", "gpu-v100-serve": "envs/gpu-v100-serve.yaml", "slurm": "envs/slurm.yaml"}
 
 
 def pip_requirements(env_file: str) -> set[str]:
@@ -38,7 +38,8 @@ def test_every_env_file_is_paired_or_is_the_data_env() -> None:
 
 # --- every environment a rule names: logivote in it, and the modules its rules import ---------------
 
-CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "config").glob("*.yaml"))
+# the shipped configs and the overlays merged over them (config/overlays/v100.yaml names the V100 envs)
+CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in [*(REPO / "config").glob("*.yaml"), *(REPO / "config/overlays").glob("*.yaml")])
 
 
 def rule_env_files() -> dict[str, set[str]]:
@@ -87,7 +88,8 @@ def env_packages(env_file: str) -> set[str]:
 
 
 def test_rules_name_every_env_a_config_picks() -> None:
-    assert set(RULE_ENVS) >= {"envs/data.yaml", "envs/cpu.yaml", "envs/gpu-train.yaml", "envs/gpu-serve.yaml"}
+    assert set(RULE_ENVS) >= {"envs/data.yaml", "envs/cpu.yaml", "envs/gpu-train.yaml", "envs/gpu-serve.yaml",
+                              "envs/gpu-v100-train.yaml", "envs/gpu-v100-serve.yaml"}
     assert all((REPO / f).is_file() for f in RULE_ENVS)
 
 
@@ -143,13 +145,16 @@ def extra(name: str) -> list[str]:
     return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"][name]
 
 
-@pytest.mark.parametrize("name", ["gpu-train", "gpu-serve"])
-def test_gpu_extra_resolves_for_linux_x86_64_python_312(name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "torch", "cuda"), [("gpu-train", "2.11.0", "nvidia-cuda-runtime==13."),
+                                                     ("gpu-serve", "2.11.0", "nvidia-cuda-runtime==13."),
+                                                     ("gpu-v100-train", "2.8.0", "nvidia-cuda-runtime-cu12=="),
+                                                     ("gpu-v100-serve", "2.8.0", "nvidia-cuda-runtime-cu12==")])
+def test_gpu_extra_resolves_for_linux_x86_64_python_312(name: str, torch: str, cuda: str, tmp_path: Path) -> None:
     result = uv_compile(extra(name), tmp_path)
     assert result.returncode == 0, f"extra {name!r} does not resolve:\n{result.stderr}"
     lock = (tmp_path / "lock.txt").read_text()
-    assert re.search(r"^torch==2\.11\.0$", lock, re.M)
-    assert re.search(r"^nvidia-cuda-runtime==13\.", lock, re.M), "torch 2.11.0 should be the CUDA 13 build"
+    assert re.search(rf"^torch=={re.escape(torch)}$", lock, re.M)
+    assert re.search(rf"^{re.escape(cuda)}", lock, re.M), f"torch {torch} should come with {cuda}"
 
 
 def test_resolution_check_fails_on_a_broken_pin(tmp_path: Path) -> None:
