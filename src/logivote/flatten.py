@@ -83,19 +83,19 @@ def parse_puzzle(obj: dict[str, Any], source: Source, line: int) -> list[Questio
         options = _require_list(raw, "options", where, path, line)
         if len(options) > len(LETTERS):
             raise InputError(path, line, f"{where}: {len(options)} options, more than the {len(LETTERS)} letters A-Z")
-        for n, option in enumerate(options):
+        option_letters = letters_for(len(options))
+        letters = "".join(option_letters)
+        for letter, option in zip(option_letters, options):
             if not isinstance(option, str):
-                raise InputError(path, line, f"{where}: option {letters_for(len(options))[n]} must be a string, "
-                                             f"and this one is {describe(option)}")
+                raise InputError(path, line, f"{where}: option {letter} must be a string, and this one is {describe(option)}")
         answer = raw.get("answer")
-        letters = "".join(letters_for(len(options)))
         if answer is None:
             if source.split == "train":
                 raise InputError(path, line, f"{where}: training data needs an 'answer'")
         elif not isinstance(answer, str):
             raise InputError(path, line, f"{where}: 'answer' must be a letter string (one of {letters}), "
                                          f"and this one is {describe(answer)}")
-        elif answer not in letters_for(len(options)):
+        elif answer not in option_letters:
             raise InputError(path, line, f"{where}: answer {answer!r} is not one of its option letters {letters}")
         out.append(
             Question(

@@ -49,18 +49,23 @@ def encode_example(tokenizer: Any, question: Question, max_len: int) -> dict[str
     """
     if question["answer"] is None:
         raise ValueError(f"question {question['qid']} has no answer to train on")
-    prompt_ids = tokenizer(prompt_text(tokenizer, question), add_special_tokens=False)["input_ids"]
+    prompt = prompt_ids(tokenizer, question)
     target_ids = tokenizer(question["answer"] + answer_suffix(tokenizer), add_special_tokens=False)["input_ids"]
-    input_ids = list(prompt_ids) + list(target_ids)
+    input_ids = prompt + list(target_ids)
     if len(input_ids) > max_len:
         return None
     return {
         "input_ids": input_ids,
         "attention_mask": [1] * len(input_ids),
-        "labels": [-100] * len(prompt_ids) + list(target_ids),
+        "labels": [-100] * len(prompt) + list(target_ids),
     }
+
+
+def prompt_ids(tokenizer: Any, question: Question) -> list[int]:
+    """The token ids of the rendered prompt: what training puts before the answer, and what the server counts."""
+    return list(tokenizer(prompt_text(tokenizer, question), add_special_tokens=False)["input_ids"])
 
 
 def prompt_lengths(tokenizer: Any, questions: Sequence[Question]) -> dict[str, int]:
     """Tokens of each question's rendered prompt (what the server counts against its context), by qid."""
-    return {q["qid"]: len(tokenizer(prompt_text(tokenizer, q), add_special_tokens=False)["input_ids"]) for q in questions}
+    return {q["qid"]: len(prompt_ids(tokenizer, q)) for q in questions}
