@@ -60,11 +60,37 @@ def test_default_dag_goes_from_raw_files_to_a_submission(full_run: tuple[Path, s
         assert curve[0] == "adapter\tstep\tloss\tlearning_rate" and len(curve) > 2
     assert (workdir / "results/plots/loss_curves.svg").stat().st_size > 0
     metrics = json.loads((workdir / "results/eval/metrics.json").read_text())
-    assert metrics["dev"]["questions"] == 24 and len(metrics["oob"]["per_adapter"]) == 21
+    assert metrics["dev"]["questions"] == 225 and len(metrics["oob"]["per_adapter"]) == 21
     assert metrics["baselines"]["most_frequent_accuracy"] is not None
-    assert metrics["test"]["questions"] == 36
+    assert metrics["test"]["questions"] == 90
     dry = run_snakemake(workdir, "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_the_default_run_shows_training_bagging_and_voting_at_work(full_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    """Issue 18's targets on the embedded default: every adapter beats the most-frequent letter on the dev
+    puzzles (in no bag), the mean adapter by 10 points, the 21-vote at least matches the mean adapter, the
+    test set sends some questions to round 2, and the base without adapters is worse than the mean adapter
+    (so training taught something, and serving applied it)."""
+    from .test_learning import accuracy
+
+    workdir, result = full_run
+    assert result.returncode == 0
+    metrics = json.loads((workdir / "results/eval/metrics.json").read_text())
+    baseline = metrics["baselines"]["most_frequent_accuracy"]
+    per_adapter = {k: a["accuracy"] for k, a in metrics["dev"]["per_adapter"].items()}
+    mean = sum(per_adapter.values()) / len(per_adapter)
+    print(f"dev ({metrics['dev']['questions']} questions): most frequent letter {baseline:.3f}, adapters "
+          f"{min(per_adapter.values()):.3f}..{max(per_adapter.values()):.3f} (mean {mean:.3f}), "
+          f"21-vote {metrics['dev']['ensemble']['accuracy']:.3f}; test round 2: {metrics['test']['to_round2']}")
+    assert all(acc > baseline for acc in per_adapter.values()), (baseline, per_adapter)
+    assert mean >= baseline + 0.10, (baseline, mean)
+    assert metrics["dev"]["ensemble"]["accuracy"] >= mean
+    assert metrics["test"]["to_round2"] >= 1
+    dev = [json.loads(line) for line in (workdir / "results/data/dev.jsonl").read_text().splitlines()]
+    base = accuracy(workdir / "results/base_model/tiny", None, dev)
+    print(f"base without adapters on dev: {base:.3f}")
+    assert base < mean, (base, mean)
 
 
 def test_report_holds_every_plot_and_the_metrics_tables(full_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
@@ -90,7 +116,7 @@ def test_killed_server_fails_the_rule_and_the_rerun_asks_only_what_is_missing(tm
     round2 = [json.loads(line) for line in (workdir / "results/votes/round2.jsonl").read_text().splitlines()]
     assert round2, "the small config is chosen so that round 2 runs; no question went there"
     assert all(row["n_valid"] + row["n_invalid"] == 2 * 2 for row in round2)  # 2 adapters x 2 samples each
-    n_requests = 2 * 36
+    n_requests = 2 * len((workdir / "results/data/test.jsonl").read_text().splitlines())  # 2 adapters x every test question
 
     for stale in ("results/predictions", "results/votes", "results/cache", "results/submission.jsonl"):
         path = workdir / stale

@@ -60,17 +60,17 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def accuracy(base: Path, adapter: Path | None, questions: list[dict]) -> float:
-    """Greedy choice among the options' letters at the answer position, as the server's structured output picks."""
+    """Greedy choice among the question's option letters at the answer position, as the server's structured output picks."""
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, device_map="cpu", **gptq_load_kwargs(base))
     if adapter is not None:
         model = PeftModel.from_pretrained(model, adapter)
     model.eval()
-    letters = letters_for(4)
-    letter_ids = [tokenizer(letter, add_special_tokens=False)["input_ids"][0] for letter in letters]
     correct = 0
     with torch.no_grad():
         for q in questions:
+            letters = letters_for(len(q["options"]))
+            letter_ids = [tokenizer(letter, add_special_tokens=False)["input_ids"][0] for letter in letters]
             ids = torch.tensor([tokenizer(prompt_text(tokenizer, q), add_special_tokens=False)["input_ids"]])
             logits = model(input_ids=ids).logits[0, -1, letter_ids]
             correct += letters[int(logits.argmax())] == q["answer"]

@@ -33,7 +33,10 @@ SETTINGS = TrainSettings(lora_r=4, lora_alpha=8, lora_dropout=0.1, learning_rate
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")
     data = REPO / "resources" / "data"
-    flatten([Source("t", str(data / "sample_train.jsonl"), "train"), Source("s", str(data / "sample_test.jsonl"), "test")],
+    for name, n in (("sample_train", 40), ("sample_test", 12)):  # the first puzzles: 120 and 36 questions
+        lines = (data / f"{name}.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:n]
+        (root / f"{name}.jsonl").write_text("".join(lines), encoding="utf-8")
+    flatten([Source("t", str(root / "sample_train.jsonl"), "train"), Source("s", str(root / "sample_test.jsonl"), "test")],
             root / "train.jsonl", root / "test.jsonl")
     build_from_questions([root / "train.jsonl", root / "test.jsonl"], root / "base", TinyShape())
     write_subset(root / "train.jsonl", 0, 7, 0.25, root / "subset.jsonl", root / "subset.oob.txt")  # 30 questions
@@ -137,7 +140,8 @@ def test_float32_training_in_one_job_stays_close_to_training_alone(tiny: dict[st
 def test_rows_of_a_batch_get_their_own_gradients(tiny: dict[str, Path]) -> None:
     """float32, one step: each adapter's gradient from a padded batch of 3 is its example's gradient alone."""
     from logivote.multi_lora import LoraShape, MultiLora
-    from logivote.train import _batch, encode_subset, load_base
+    from logivote.prompt import labelled_batch
+    from logivote.train import encode_subset, load_base
 
     tokenizer, model = load_base(tiny["base"], torch.float32, on_gpu=False)
     model.requires_grad_(False)
@@ -154,7 +158,7 @@ def test_rows_of_a_batch_get_their_own_gradients(tiny: dict[str, Path]) -> None:
         model.zero_grad(set_to_none=True)
         for p in (p for i in range(3) for p in lora.parameters(i)):
             p.grad = None
-        ids, mask, row, col, target = _batch([examples[i] for i in rows], tokenizer.pad_token_id, "cpu")
+        ids, mask, row, col, target = labelled_batch([examples[i] for i in rows], tokenizer.pad_token_id, "cpu")
         with lora.rows(rows):
             hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
         loss = torch.nn.functional.cross_entropy(model.get_output_embeddings()(hidden[row, col]), target, reduction="none")

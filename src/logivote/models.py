@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .pretrain import PretrainSettings
 from .quantize import QuantizeSettings, build_quantized
 from .tiny_model import build_from_questions
 
@@ -58,15 +59,21 @@ def download(hub: str, repo: str, revision: str | None, out_dir: str | os.PathLi
     log.info("base model ready in %s", target)
 
 
-def prepare_base_model(spec: dict[str, Any], question_files: Sequence[str], out_dir: str) -> None:
-    """The ``base_model`` rule: build the tiny model or download the configured one."""
+def prepare_base_model(spec: dict[str, Any], question_files: Sequence[str], out_dir: str, threads: int | None = None) -> None:
+    """The ``base_model`` rule: build the tiny model (on ``threads`` CPU threads) or download the configured one."""
     source = spec["source"]
     if source == "tiny":
-        quant, shape = QuantizeSettings.split(spec.get("tiny", {}))
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        tiny = dict(spec.get("tiny", {}))
+        pretraining = PretrainSettings(**tiny.pop("pretrain", {}))
+        quant, shape = QuantizeSettings.split(tiny)
         if quant.quantize == "gptq-int4":
-            build_quantized(question_files, out_dir, shape, quant)
+            build_quantized(question_files, out_dir, shape, quant, pretraining)
         else:
-            build_from_questions(question_files, out_dir, shape)
+            build_from_questions(question_files, out_dir, shape, pretraining)
     elif source in HUBS:
         download(source, spec["repo"], spec.get("revision"), out_dir)
     else:

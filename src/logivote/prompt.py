@@ -69,3 +69,24 @@ def prompt_ids(tokenizer: Any, question: Question) -> list[int]:
 def prompt_lengths(tokenizer: Any, questions: Sequence[Question]) -> dict[str, int]:
     """Tokens of each question's rendered prompt (what the server counts against its context), by qid."""
     return {q["qid"]: len(prompt_ids(tokenizer, q)) for q in questions}
+
+
+def labelled_batch(examples: Sequence[dict[str, list[int]]], pad_id: int, device: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """Right-padded ids and mask, and for every labelled token: its row, the position that predicts it, its id."""
+    import torch
+
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    rows, cols, targets = [], [], []
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, :n] = torch.tensor(e["input_ids"])
+        mask[i, :n] = 1
+        for pos, label in enumerate(e["labels"]):
+            if label != -100:
+                rows.append(i)
+                cols.append(pos - 1)  # the hidden state before a token predicts it
+                targets.append(label)
+    as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
+    return ids.to(device), mask.to(device), as_long(rows), as_long(cols), as_long(targets)

@@ -31,6 +31,7 @@ from typing import Any
 
 from .gpus import gpu_slots
 from .jsonl import atomic_directory
+from .pretrain import PretrainSettings
 from .tiny_model import TinyShape, build_from_questions
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ def compare_logits(float_dir: str | os.PathLike[str], quant_dir: str | os.PathLi
 
 
 def build_quantized(question_files: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], shape: TinyShape,
-                    settings: QuantizeSettings) -> dict[str, Any]:
+                    settings: QuantizeSettings, pretraining: PretrainSettings | None = None) -> dict[str, Any]:
     """The ``base_model`` rule with ``tiny.quantize: gptq-int4``: build the float tiny model, quantize it, measure it."""
     from transformers import AutoTokenizer
 
@@ -155,7 +156,7 @@ def build_quantized(question_files: Sequence[str | os.PathLike[str]], out_dir: s
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.float.", dir=target.parent) as scratch:
         float_dir = Path(scratch) / "float"
-        build_from_questions(question_files, float_dir, shape)
+        build_from_questions(question_files, float_dir, shape, pretraining)
         tokenizer = AutoTokenizer.from_pretrained(float_dir)
         questions = [q for path in question_files for q in read_questions(path)]
         texts = calibration_texts(tokenizer, questions, settings.calibration_prompts)

@@ -7,8 +7,11 @@ the output of :func:`write_sample`; ``tests/test_sample_data.py`` checks that
 the committed files are exactly what this module produces.
 
 Puzzle kinds: family relations (parent / grandparent / sibling), orderings
-(who is taller), likes (who likes what, closed world) and number classes
-(divisibility rules). Option counts vary from 2 to 5, like the real data.
+(who is taller), likes (who likes what, closed world), number classes
+(divisibility rules) and a week's weather log (which weather was most frequent,
+which never came, did a given one come: counts and look-ups written out in the
+text, which a tiny model can learn). Option counts vary from 2 to 5, like the
+real data.
 """
 
 from __future__ import annotations
@@ -159,17 +162,45 @@ def number_puzzle(rng: random.Random) -> tuple[str, list[QuestionSpec]]:
     return problem, questions
 
 
+WEATHER = ["晴", "雨", "阴", "雪"]
+DAYS = ["周一", "周二", "周三", "周四", "周五", "周六", "周日"]
+
+
+def weather_puzzle(rng: random.Random) -> tuple[str, list[QuestionSpec]]:
+    """A week of weather, three of the four kinds, one of them on more days than any other."""
+    used = rng.sample(WEATHER, 3)
+    counts = list(rng.choice([(3, 2, 2), (4, 2, 1), (5, 1, 1)]))
+    rng.shuffle(counts)
+    days = [w for w, k in zip(used, counts) for _ in range(k)]
+    rng.shuffle(days)
+    problem = (
+        "某城市一周的天气记录如下：\n\n"
+        + "\n".join(f"{day}：{w}。" for day, w in zip(DAYS, days))
+        + "\n\n" + CLOSED_WORLD + "\n\n根据以上信息，回答以下选择题："
+    )
+    most = used[counts.index(max(counts))]
+    never = next(w for w in WEATHER if w not in used)
+    probe = rng.choice(WEATHER)
+    return problem, [
+        ("这一周哪种天气出现的天数最多？", list(WEATHER), WEATHER.index(most)),
+        ("以下哪种天气这一周一次也没有出现？", list(WEATHER), WEATHER.index(never)),
+        (f"这一周有没有出现{probe}天？", ["有", "没有"], 0 if probe in used else 1),
+    ]
+
+
 KINDS: list[Callable[[random.Random], tuple[str, list[QuestionSpec]]]] = [
-    family_puzzle, ordering_puzzle, likes_puzzle, number_puzzle,
+    family_puzzle, ordering_puzzle, likes_puzzle, number_puzzle, weather_puzzle,
 ]
+KIND_NAMES = {kind.__name__.removesuffix("_puzzle"): kind for kind in KINDS}
 
 
-def make_puzzles(prefix: str, n: int, seed: int, with_answers: bool) -> list[Puzzle]:
-    """``n`` puzzles with ids ``{prefix}_{i:03d}``; kinds cycle, content from ``seed``."""
+def make_puzzles(prefix: str, n: int, seed: int, with_answers: bool,
+                 kinds: list[Callable[[random.Random], tuple[str, list[QuestionSpec]]]] = KINDS) -> list[Puzzle]:
+    """``n`` puzzles with ids ``{prefix}_{i:03d}``; ``kinds`` cycle, content from ``seed``."""
     rng = random.Random(seed)
     puzzles: list[Puzzle] = []
     for i in range(n):
-        problem, specs = KINDS[i % len(KINDS)](rng)
+        problem, specs = kinds[i % len(kinds)](rng)
         questions = []
         for j, (text, options, answer) in enumerate(specs, 1):
             item: dict[str, Any] = {"question": f"选择题 {j}：\n{text}", "options": options}
@@ -180,7 +211,7 @@ def make_puzzles(prefix: str, n: int, seed: int, with_answers: bool) -> list[Puz
     return puzzles
 
 
-def write_sample(directory: str | Path, n_train: int = 40, n_test: int = 12, seed: int = 2024) -> None:
+def write_sample(directory: str | Path, n_train: int = 150, n_test: int = 30, seed: int = 2024) -> None:
     """Write ``sample_train.jsonl`` (with answers) and ``sample_test.jsonl`` (without)."""
     directory = Path(directory)
     atomic_write_jsonl(directory / "sample_train.jsonl", make_puzzles("sample_train", n_train, seed, True))

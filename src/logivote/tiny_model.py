@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable
+from dataclasses import asdict, dataclass
+
 from .jsonl import atomic_directory
+from .pretrain import PretrainSettings, pretrain
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):  # -> PreTrainedToke
     )
 
 
-def build_tiny_model(texts: Iterable[str], out_dir: str | os.PathLike[str], shape: TinyShape = TinyShape()) -> None:
-    """Write a tokenizer and a randomly initialised Qwen2ForCausalLM to ``out_dir`` (atomically)."""
+def build_tiny_model(texts: Iterable[str], out_dir: str | os.PathLike[str], shape: TinyShape = TinyShape(),
+                     pretraining: PretrainSettings | None = None, unseen: Collection[str] = ()) -> None:
+    """Write a tokenizer and a randomly initialised Qwen2ForCausalLM to ``out_dir`` (atomically), pre-trained
+    on generated puzzles first if ``pretraining`` has steps (:mod:`logivote.pretrain`), none of whose texts is
+    in ``unseen``."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -96,19 +101,26 @@ def build_tiny_model(texts: Iterable[str], out_dir: str | os.PathLike[str], shap
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "logivote_tiny.json").write_text(json.dumps(shape.__dict__, indent=1) + "\n")
+        if pretraining is not None and pretraining.steps > 0:
+            pretrain(tmp, pretraining, unseen)
+            (tmp / "logivote_pretrain.json").write_text(json.dumps(asdict(pretraining), indent=1) + "\n")
     n_params = sum(p.numel() for p in model.parameters())
     log.info("tiny Qwen2 model: %d parameters, vocab %d, written to %s", n_params, len(tokenizer), out_dir)
 
 
-def build_from_questions(question_files: Iterable[str | os.PathLike[str]], out_dir: str | os.PathLike[str], shape: TinyShape) -> None:
-    """The rule's entry point: train the tokenizer on the prompts of the flattened questions."""
+def build_from_questions(question_files: Iterable[str | os.PathLike[str]], out_dir: str | os.PathLike[str], shape: TinyShape,
+                         pretraining: PretrainSettings | None = None) -> None:
+    """The rule's entry point: train the tokenizer on the prompts of the flattened questions; pre-training
+    (if any) sees none of their puzzles."""
     from .flatten import read_questions
     from .prompt import SYSTEM, user_prompt
 
     texts = [SYSTEM]
+    problems: set[str] = set()
     for path in question_files:
         for question in read_questions(path):
             texts.append(user_prompt(question))
             texts.extend(question["options"])
+            problems.add(question["problem"])
     texts.extend("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-    build_tiny_model(texts, out_dir, shape)
+    build_tiny_model(texts, out_dir, shape, pretraining, unseen=problems)

@@ -42,7 +42,7 @@ from typing import Any
 
 from .flatten import read_questions
 from .jsonl import atomic_directory, sha256_file
-from .prompt import encode_example
+from .prompt import encode_example, labelled_batch
 from .quantize import gptq_load_kwargs
 
 log = logging.getLogger(__name__)
@@ -179,27 +179,6 @@ class StepStats:
     padded_tokens: int
 
 
-def _batch(examples: Sequence[dict[str, list[int]]], pad_id: int, device: Any) -> tuple[Any, Any, Any, Any, Any]:
-    """Right-padded ids and mask, and for every labelled token: its row, the position that predicts it, its id."""
-    import torch
-
-    width = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    rows, cols, targets = [], [], []
-    for i, e in enumerate(examples):
-        n = len(e["input_ids"])
-        ids[i, :n] = torch.tensor(e["input_ids"])
-        mask[i, :n] = 1
-        for pos, label in enumerate(e["labels"]):
-            if label != -100:
-                rows.append(i)
-                cols.append(pos - 1)  # the hidden state before a token predicts it
-                targets.append(label)
-    as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
-    return ids.to(device), mask.to(device), as_long(rows), as_long(cols), as_long(targets)
-
-
 LOSS_CURVE = "loss_curve.tsv"
 LOSS_CURVE_COLUMNS = ("adapter", "step", "loss", "learning_rate")
 
@@ -334,7 +313,7 @@ def train_adapters(
     for step in range(start, total_steps):
         active = [i for i, stream in enumerate(streams) if step < len(stream)]
         batch = [examples[i][streams[i][step]] for i in active]
-        ids, mask, rows, cols, targets = _batch(batch, pad_id, device)
+        ids, mask, rows, cols, targets = labelled_batch(batch, pad_id, device)
         with lora.rows(active):  # through the backward too: gradient checkpointing reruns the forward there
             hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
             logits = head(hidden[rows, cols]).float()

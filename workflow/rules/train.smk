@@ -5,6 +5,7 @@ rule base_model:
         directory(BASE_MODEL_DIR),
     params:
         spec=config["base_model"],
+    threads: config["base_model"]["threads"]
     resources:
         gpu=base_model_gpus(),
     log:
