@@ -13,8 +13,8 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass, field
 from collections.abc import Collection
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
