@@ -68,7 +68,7 @@ def digests(root: Path) -> dict[str, str]:
 
 # sha256 of results/subsets/0.jsonl for the committed sample and config: the
 # bagging must give these bytes on every machine, OS and Python version.
-SUBSET0_SHA256 = "62f8ecdd7137febb3943073e39ad00f37a955275d2b943a2a9eb2f1024421f4f"
+SUBSET0_SHA256 = "b9be5edd1577107f4665ec386ea05b207b2dae128fd1e4cce236ea1cfde0acf8"
 
 
 def test_two_clones_give_byte_identical_subsets(tmp_path: Path, workflow_copy: Path) -> None:
@@ -119,11 +119,11 @@ def test_dev_split_is_byte_identical_across_clones_and_in_no_bag(tmp_path: Path,
     shutil.copytree(workflow_copy, other)
     targets = ["results/data/dev.jsonl"] + [f"results/subsets/{k}.jsonl" for k in range(21)]
     for root in (workflow_copy, other):
-        result = run_snakemake(root, *targets)  # the embedded default: a fifth of the puzzles held out
+        result = run_snakemake(root, *targets)  # the embedded default: half of the puzzles held out
         assert result.returncode == 0, result.stderr
     dev = [(root / "results/data/dev.jsonl").read_bytes() for root in (workflow_copy, other)]
     assert dev[0] == dev[1] and dev[0]
     dev_puzzles = {q["puzzle_id"] for q in read_questions(workflow_copy / "results/data/dev.jsonl")}
-    assert len(dev_puzzles) == 8  # 0.2 of the sample's 40 puzzles
+    assert len(dev_puzzles) == 75  # half of the sample's 150 puzzles
     for k in range(21):
         assert not dev_puzzles & {q["puzzle_id"] for q in read_questions(workflow_copy / f"results/subsets/{k}.jsonl")}, k
