@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from logivote.contracts import letters_for  # noqa: E402
 from logivote.flatten import Source, flatten, read_questions  # noqa: E402
 from logivote.models import prepare_base_model  # noqa: E402
-from logivote.prompt import prompt_text  # noqa: E402
+from logivote.prompt import prompt_ids  # noqa: E402
 from logivote.quantize import gptq_load_kwargs  # noqa: E402
 from logivote.train import TrainSettings, train_adapters  # noqa: E402
 
@@ -71,7 +71,7 @@ def accuracy(base: Path, adapter: Path | None, questions: list[dict]) -> float:
         for q in questions:
             letters = letters_for(len(q["options"]))
             letter_ids = [tokenizer(letter, add_special_tokens=False)["input_ids"][0] for letter in letters]
-            ids = torch.tensor([tokenizer(prompt_text(tokenizer, q), add_special_tokens=False)["input_ids"]])
+            ids = torch.tensor([prompt_ids(tokenizer, q)])
             logits = model(input_ids=ids).logits[0, -1, letter_ids]
             correct += letters[int(logits.argmax())] == q["answer"]
     return correct / len(questions)

@@ -15,7 +15,8 @@ import random
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any
+
+from .contracts import Question
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,11 @@ class PretrainSettings:
     seed: int = 7
 
 
-def generated_questions(settings: PretrainSettings, unseen: Collection[str] = ()) -> list[dict[str, Any]]:
+def generated_questions(settings: PretrainSettings, unseen: Collection[str] = ()) -> list[Question]:
     """The pre-training questions: flattened puzzles of ``settings.kinds``, from ``settings.seed``, less any
     puzzle whose text is in ``unseen`` (a week of weather repeats by chance: the workflow's own puzzles, dev
     included, must stay unseen)."""
+    from .flatten import Source, parse_puzzle
     from .sample_data import KIND_NAMES, make_puzzles
 
     unknown = sorted(set(settings.kinds) - set(KIND_NAMES))
@@ -43,8 +45,8 @@ def generated_questions(settings: PretrainSettings, unseen: Collection[str] = ()
         raise ValueError(f"base_model.tiny.pretrain.kinds: unknown {unknown}; known: {sorted(KIND_NAMES)}")
     puzzles = make_puzzles("pretrain", settings.puzzles, settings.seed, True, [KIND_NAMES[k] for k in settings.kinds])
     unseen = set(unseen)
-    return [{"qid": f"{p['id']}_{j}", "problem": p["problem"], "question": q["question"], "options": q["options"], "answer": q["answer"]}
-            for p in puzzles if p["problem"] not in unseen for j, q in enumerate(p["questions"])]
+    source = Source("pretrain", "<generated>", "train")  # flattened as the workflow's own files are
+    return [q for line, p in enumerate(puzzles, 1) if p["problem"] not in unseen for q in parse_puzzle(p, source, line)]
 
 
 def pretrain(model_dir: str | os.PathLike[str], settings: PretrainSettings, unseen: Collection[str] = ()) -> list[float]:
