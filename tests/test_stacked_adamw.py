@@ -1,0 +1,53 @@
+"""logivote.stacked_adamw: one step for K stacked adapters equals K AdamW optimizers with per-adapter clipping."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from logivote.stacked_adamw import StackedAdamW  # noqa: E402
+
+K = 3
+SHAPES = [(K, 4, 6), (K, 5, 4)]
+
+
+def test_stacked_step_equals_k_separate_adamw_with_clipping_and_masks() -> None:
+    torch.manual_seed(0)
+    stacked = [torch.nn.Parameter(torch.randn(s, dtype=torch.float64)) for s in SHAPES]
+    separate = [[torch.nn.Parameter(p.detach()[k].clone()) for p in stacked] for k in range(K)]
+    opt = StackedAdamW(stacked, K, max_grad_norm=1.0)
+    lrs = torch.tensor([1e-2, 3e-3, 5e-2], dtype=torch.float64)
+    reference = [torch.optim.AdamW(ps, lr=float(lrs[k]), eps=1e-8, weight_decay=0.0, foreach=False) for k, ps in enumerate(separate)]
+    masks = [[1, 1, 1], [1, 0, 1], [0, 0, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]]  # adapter 1 sits steps out
+    for step, mask in enumerate(masks):
+        grads = [torch.randn(s, dtype=torch.float64) * (0.1 if step % 2 else 3.0) for s in SHAPES]  # some clipped
+        for p, g in zip(stacked, grads):
+            p.grad = g.clone()
+        opt.step(lrs, torch.tensor(mask, dtype=torch.bool))
+        for k in range(K):
+            if not mask[k]:
+                continue
+            for p, g in zip(separate[k], grads):
+                p.grad = g[k].clone()
+            torch.nn.utils.clip_grad_norm_(separate[k], 1.0)
+            reference[k].step()
+        for k in range(K):
+            for p, q in zip(stacked, separate[k]):
+                assert torch.allclose(p.detach()[k], q.detach(), rtol=0, atol=1e-12), (step, k)
+    assert opt.steps.tolist() == [sum(m[k] for m in masks) for k in range(K)]
+
+
+def test_a_masked_adapter_does_not_move_at_all() -> None:
+    torch.manual_seed(1)
+    stacked = [torch.nn.Parameter(torch.randn(s, dtype=torch.float64)) for s in SHAPES]
+    opt = StackedAdamW(stacked, K)
+    before = [p.detach().clone() for p in stacked]
+    for p in stacked:
+        p.grad = torch.randn_like(p)
+    opt.step(torch.full((K,), 1e-2, dtype=torch.float64), torch.tensor([True, False, True]))
+    for p, b, m, v in zip(stacked, before, opt.exp_avg, opt.exp_avg_sq):
+        assert torch.equal(p.detach()[1], b[1]) and not m[1].any() and not v[1].any()
+        assert not torch.equal(p.detach()[0], b[0])
+    with pytest.raises(ValueError, match="stack 3 adapters"):
+        StackedAdamW([torch.nn.Parameter(torch.zeros(2, 3))], K)
