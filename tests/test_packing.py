@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
-from logivote.packing import pack, row_losses  # noqa: E402
+from logivote.packing import pack, row_losses, use_packed_attention  # noqa: E402
 from logivote.prompt import labelled_batch  # noqa: E402
 
 PAD = 0
@@ -31,7 +31,9 @@ def model() -> Qwen2ForCausalLM:
     config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
                          attn_implementation="sdpa")
-    return Qwen2ForCausalLM(config).to(torch.float64).train()
+    model = Qwen2ForCausalLM(config).to(torch.float64).train()
+    use_packed_attention(model)  # the padded reference switches back to sdpa for its own forward
+    return model
 
 
 def test_pack_lays_rows_end_to_end_with_their_own_positions() -> None:
@@ -42,6 +44,9 @@ def test_pack_lays_rows_end_to_end_with_their_own_positions() -> None:
     assert batch.input_ids[0, 12:].tolist() == [PAD] * 4
     assert batch.position_ids[0].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 3]
     assert batch.token_row.tolist() == [0] * 5 + [1] * 3 + [2] * 4 + [-1] * 4
+    assert batch.token_adapter.tolist() == batch.token_row.tolist()
+    assert pack(rows, PAD, "cpu", 8, adapters=[4, 0, 2]).token_adapter.tolist() == [4] * 5 + [0] * 3 + [2] * 4 + [-1] * 4
+    assert batch.cu_seq_lens.tolist() == [0, 5, 8, 12, 16] and batch.seq_lengths == (5, 3, 4, 4)
     assert batch.label_at.tolist() == [2, 3, 5, 6, 9, 10]  # the token before each labelled one
     assert batch.label_row.tolist() == [0, 0, 1, 1, 2, 2]
     assert batch.targets.tolist() == sum((r["input_ids"][-2:] for r in rows), [])
@@ -53,7 +58,11 @@ def test_pack_lays_rows_end_to_end_with_their_own_positions() -> None:
 def padded_losses(model: Qwen2ForCausalLM, rows: list[dict[str, list[int]]]) -> torch.Tensor:
     """The reference: today's right-padded batch with an attention mask (train.train_adapters' loss)."""
     ids, mask, row, col, targets = labelled_batch(rows, PAD, "cpu")
-    hidden = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    model.set_attn_implementation("sdpa")
+    try:
+        hidden = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    finally:
+        model.set_attn_implementation("packed")
     token_loss = torch.nn.functional.cross_entropy(model.lm_head(hidden[row, col]).float(), targets, reduction="none")
     counts = torch.bincount(row, minlength=len(rows)).clamp(min=1)
     return torch.zeros(len(rows), dtype=token_loss.dtype).index_add(0, row, token_loss) / counts
@@ -61,7 +70,8 @@ def padded_losses(model: Qwen2ForCausalLM, rows: list[dict[str, list[int]]]) -> 
 
 def packed_losses(model: Qwen2ForCausalLM, rows: list[dict[str, list[int]]], bucket: int) -> torch.Tensor:
     batch = pack(rows, PAD, "cpu", bucket)
-    hidden = model.model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    hidden = model.model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
+                         **batch.attention_kwargs()).last_hidden_state
     return row_losses(model.lm_head(hidden[0, batch.label_at]).double(), batch)
 
 
@@ -92,3 +102,16 @@ def test_rows_do_not_see_each_other(model: Qwen2ForCausalLM) -> None:
     with torch.no_grad():
         a, b = packed_losses(model, rows, 16), packed_losses(model, other, 16)
     assert torch.equal(a[[0, 2]], b[[0, 2]]) and not torch.equal(a[1], b[1])
+
+
+def test_a_plain_forward_is_one_causal_sequence_per_batch_row(model: Qwen2ForCausalLM) -> None:
+    """Without packing arguments the packed attention is ordinary causal attention (checks after training)."""
+    ids = torch.tensor([examples([9])[0]["input_ids"], examples([9], seed=1)[0]["input_ids"]])
+    with torch.no_grad():
+        packed = model(input_ids=ids).logits
+        model.set_attn_implementation("sdpa")
+        try:
+            reference = model(input_ids=ids).logits
+        finally:
+            model.set_attn_implementation("packed")
+    assert torch.allclose(packed, reference, rtol=0, atol=1e-12)

@@ -24,7 +24,7 @@ def test_stacked_step_equals_k_separate_adamw_with_clipping_and_masks() -> None:
         grads = [torch.randn(s, dtype=torch.float64) * (0.1 if step % 2 else 3.0) for s in SHAPES]  # some clipped
         for p, g in zip(stacked, grads):
             p.grad = g.clone()
-        opt.step(lrs, torch.tensor(mask, dtype=torch.bool))
+        opt.step(lrs, None if all(mask) else torch.tensor(mask, dtype=torch.bool))  # None: every adapter, in place
         for k in range(K):
             if not mask[k]:
                 continue
@@ -51,3 +51,15 @@ def test_a_masked_adapter_does_not_move_at_all() -> None:
         assert not torch.equal(p.detach()[0], b[0])
     with pytest.raises(ValueError, match="stack 3 adapters"):
         StackedAdamW([torch.nn.Parameter(torch.zeros(2, 3))], K)
+
+
+def test_zero_grad_clears_only_the_adapters_that_stepped() -> None:
+    stacked = [torch.nn.Parameter(torch.zeros(s, dtype=torch.float64)) for s in SHAPES]
+    opt = StackedAdamW(stacked, K)
+    for p in stacked:
+        p.grad = torch.ones_like(p)
+    opt.zero_grad(torch.tensor([True, False, True]))
+    for p in stacked:
+        assert not p.grad[0].any() and not p.grad[2].any() and bool((p.grad[1] == 1).all())
+    opt.zero_grad()
+    assert all(p.grad is None for p in stacked)

@@ -70,7 +70,7 @@ def test_adapter_reloads_with_peft_and_gives_the_same_logits(tiny: dict[str, Pat
     example = encode_example(tokenizer, read_questions(tiny["subset"])[0], 1800)
     ids = torch.tensor([example["input_ids"]])
     lora.model.eval()
-    with torch.no_grad(), lora.rows([0]):
+    with torch.no_grad(), lora.adapter(0):
         before = lora.model(input_ids=ids).logits
     with torch.no_grad():
         reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny["base"]), tmp_path / "adapter").eval()
@@ -128,6 +128,17 @@ def test_unequal_streams_drop_out_when_they_end(tiny: dict[str, Path], tmp_path:
         assert_same_adapters(tmp_path / "k1" / str(k), tmp_path / "k2" / str(k), atol=1e-9)
 
 
+def test_grad_accumulation_and_clipping_stay_per_adapter(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """grad_accum 5 with streams of 60 and 24 steps (adapter 4 steps at 24, mid-way through adapter 3's window), and clipping at
+    a norm every step exceeds: each adapter in the shared job still ends as it would alone."""
+    bags = subsets(tiny, {3: 0.25, 4: 0.1})
+    settings = replace(EXACT, grad_accum=5, max_grad_norm=0.05, learning_rate=3e-3)
+    train_adapters(tiny["base"], bags, {k: tmp_path / "k2" / str(k) for k in bags}, tmp_path / "ckpt2", settings)
+    for k, bag in bags.items():
+        train_adapters(tiny["base"], {k: bag}, {k: tmp_path / "k1" / str(k)}, tmp_path / f"ckpt1-{k}", settings)
+        assert_same_adapters(tmp_path / "k1" / str(k), tmp_path / "k2" / str(k), atol=1e-9)
+
+
 def test_float32_training_in_one_job_stays_close_to_training_alone(tiny: dict[str, Path], tmp_path: Path) -> None:
     bags = subsets(tiny, {0: 0.25, 1: 0.25})
     settings = replace(EXACT, dtype="float32")
@@ -137,33 +148,32 @@ def test_float32_training_in_one_job_stays_close_to_training_alone(tiny: dict[st
         assert_same_adapters(tmp_path / "k1" / str(k), tmp_path / "k2" / str(k), atol=1e-3)  # see EXACT
 
 
-def test_rows_of_a_batch_get_their_own_gradients(tiny: dict[str, Path]) -> None:
-    """float32, one step: each adapter's gradient from a padded batch of 3 is its example's gradient alone."""
-    from logivote.multi_lora import LoraShape, MultiLora
-    from logivote.prompt import labelled_batch
+def test_rows_of_a_stream_get_their_own_gradients(tiny: dict[str, Path]) -> None:
+    """float32, one step: each adapter's gradient from a packed stream of 3 rows is its example's gradient alone."""
+    from logivote.packing import pack, row_losses, use_packed_attention
+    from logivote.stacked_lora import LoraShape, StackedLora
     from logivote.train import encode_subset, load_base
 
     tokenizer, model = load_base(tiny["base"], torch.float32, on_gpu=False)
     model.requires_grad_(False)
-    lora = MultiLora(model, 3, LoraShape(4, 8, 0.0), seeds=[1, 2, 3], dtype=torch.float32)
+    use_packed_attention(model)
+    lora = StackedLora(model, 3, LoraShape(4, 8, 0.0), seeds=[1, 2, 3], dtype=torch.float32)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():  # non-zero B, so that A has gradients too
         for layer in lora.layers.values():
-            for b in layer.lora_B:
-                b.copy_(torch.randn(b.shape, generator=generator) * 0.02)
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator) * 0.02)
     examples = encode_subset(tokenizer, tiny["subset"], 1800)[:3]
-    assert len({len(e["input_ids"]) for e in examples}) > 1  # rows of different lengths: padding happens
+    assert len({len(e["input_ids"]) for e in examples}) > 1  # rows of different lengths
 
     def gradients(rows: list[int]) -> list[list[torch.Tensor]]:
-        model.zero_grad(set_to_none=True)
-        for p in (p for i in range(3) for p in lora.parameters(i)):
+        for p in lora.parameters():
             p.grad = None
-        ids, mask, row, col, target = labelled_batch([examples[i] for i in rows], tokenizer.pad_token_id, "cpu")
-        with lora.rows(rows):
-            hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-        loss = torch.nn.functional.cross_entropy(model.get_output_embeddings()(hidden[row, col]), target, reduction="none")
-        (torch.zeros(len(rows)).index_add(0, row, loss) / torch.bincount(row)).sum().backward()
-        return [[torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in lora.parameters(i)] for i in range(3)]
+        batch = pack([examples[i] for i in rows], tokenizer.pad_token_id, "cpu", bucket=64, adapters=rows)
+        with lora.tokens(batch.token_adapter):
+            hidden = model.base_model(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                                      **batch.attention_kwargs()).last_hidden_state
+            row_losses(model.get_output_embeddings()(hidden[0, batch.label_at]), batch).sum().backward()
+        return [[p.grad[i].clone() for p in lora.parameters()] for i in range(3)]
 
     together = gradients([0, 1, 2])
     for i in range(3):
@@ -243,11 +253,20 @@ def test_a_diverging_adapter_fails_the_job_by_name_and_writes_nothing(tiny: dict
 def test_loss_curve_rows_are_the_logged_window_means_with_the_scheduled_rate() -> None:
     from logivote.train import loss_curve
 
-    linear = lambda n: max(0.0, (4 - n) / 4)  # noqa: E731  # 4 optimizer steps, linear decay to 0
-    rows = loss_curve(7, [4.0, 2.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.1], logging_steps=4, grad_accum=2, base_lr=1e-3, lr_factor=linear)
+    linear = [1.0, 0.75, 0.5, 0.25, 0.0]  # 4 optimizer steps, linear decay to 0
+    rows = loss_curve(7, [4.0, 2.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.1], logging_steps=4, grad_accum=2, base_lr=1e-3, lr_factors=linear)
     assert [(a, s) for a, s, _, _ in rows] == [(7, 4), (7, 8), (7, 9)]  # every 4 steps and the last
     assert [loss for _, _, loss, _ in rows] == [2.0, 0.375, 0.1]
     assert [lr for _, _, _, lr in rows] == pytest.approx([1e-3 * 3 / 4, 1e-3 * 1 / 4, 0.0])  # after 1, 3 and 4 optimizer steps
+
+
+def test_lr_factors_are_transformers_schedules() -> None:
+    from logivote.train import lr_factors
+
+    assert lr_factors("linear", 2, 6) == pytest.approx([0.0, 0.5, 1.0, 0.75, 0.5, 0.25, 0.0])
+    assert lr_factors("constant", 0, 3) == pytest.approx([1.0] * 4)
+    cosine = lr_factors("cosine", 0, 4)
+    assert cosine[0] == pytest.approx(1.0) and cosine[2] == pytest.approx(0.5) and cosine[4] == pytest.approx(0.0)
 
 
 def test_every_adapter_folder_has_its_loss_curve(tiny: dict[str, Path], tmp_path: Path) -> None:

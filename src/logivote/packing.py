@@ -1,17 +1,27 @@
 """One training step's examples packed into a single token stream, with no padding between them.
 
 The data contract of a step (issue 19, point 1): the rows of a step (one example per active adapter) are
-laid end to end in one sequence of ``T`` tokens. Each row keeps its own positions (0, 1, …, n-1), so
-attention that stays within a row sees exactly what it would see alone; transformers' Qwen2 builds that
-block-diagonal causal mask itself from ``position_ids`` when no ``attention_mask`` and no cache are given
-(``masking_utils.find_packed_sequence_indices``). The lengths are known on the host, so the boundaries and
-the labelled positions are built without any device sync. ``bucket`` rounds ``T`` up (e.g. to a multiple
-of 256) so that shapes repeat from step to step; the tail is one more sequence of pad tokens, row -1,
-which nothing reads. Logits are computed only at ``label_at``: the hidden state before each labelled token.
+laid end to end in one sequence of ``T`` tokens. Each row keeps its own positions (0, 1, …, n-1), and
+attention stays within a row (:func:`packed_attention`), so a row sees exactly what it would see alone.
+The lengths are known on the host, so the boundaries (``cu_seq_lens``) and the labelled positions are
+built without any device sync. ``bucket`` rounds ``T`` up (e.g. to a multiple of 256) so that shapes
+repeat from step to step; the tail is one more sequence of pad tokens, row -1 and adapter -1, which
+nothing reads. Logits are computed only at ``label_at``: the hidden state before each labelled token.
+
+:func:`packed_attention` is registered with transformers as the attention implementation ``"packed"``
+(:func:`use_packed_attention`). It gets the boundaries through the model's keyword arguments (passed
+down to every attention layer) and attends causally within each sequence: one variable-length
+FlashAttention call on CUDA (``torch.nn.attention.varlen``), one ``scaled_dot_product_attention`` per row
+elsewhere; transformers builds no mask for it, so nothing syncs with the device. (transformers can also
+infer a block-diagonal mask from ``position_ids`` alone, but that materialises a ``[T, T]`` mask,
+costs a device sync, and attends over the whole stream on CPU: many times the per-row work at K = 11.)
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,10 +32,17 @@ class PackedBatch:
     input_ids: Any      # [1, T] long
     position_ids: Any   # [1, T] long: each row counts from 0; the bucket tail too
     token_row: Any      # [T] long: the row (0..R-1) of every token, -1 in the bucket tail
+    token_adapter: Any  # [T] long: the adapter of every token (``adapters[row]``), -1 in the bucket tail
+    cu_seq_lens: Any    # [S+1] int32: where each sequence starts (the rows, then the tail if any), and T
     label_at: Any       # [L] long: the stream position whose hidden state predicts a labelled token
     label_row: Any      # [L] long: its row
     targets: Any        # [L] long: the labelled token ids
     lengths: tuple[int, ...]  # tokens of each row, on the host
+    seq_lengths: tuple[int, ...]  # tokens of each attention sequence (the rows, then the tail if any), on the host
+
+    def attention_kwargs(self) -> dict[str, Any]:
+        """What :func:`packed_attention` needs, as keyword arguments of the model's forward."""
+        return {"cu_seq_lens_q": self.cu_seq_lens, "max_length_q": max(self.seq_lengths), "packed_lengths": self.seq_lengths}
 
     @property
     def real_tokens(self) -> int:
@@ -36,12 +53,17 @@ class PackedBatch:
         return int(self.input_ids.shape[1])
 
 
-def pack(examples: Sequence[dict[str, list[int]]], pad_id: int, device: Any, bucket: int = 1) -> PackedBatch:
-    """Pack ``examples`` (``input_ids`` and ``labels`` as :func:`logivote.prompt.encode_example` writes them)."""
+def pack(examples: Sequence[dict[str, list[int]]], pad_id: int, device: Any, bucket: int = 1,
+         adapters: Sequence[int] | None = None) -> PackedBatch:
+    """Pack ``examples`` (``input_ids`` and ``labels`` as :func:`logivote.prompt.encode_example` writes them);
+    row i belongs to adapter ``adapters[i]`` (default: i)."""
     import torch
 
     if not examples:
         raise ValueError("pack: no examples")
+    adapters = list(range(len(examples))) if adapters is None else list(adapters)
+    if len(adapters) != len(examples):
+        raise ValueError(f"pack: {len(examples)} rows but {len(adapters)} adapters")
     ids: list[int] = []
     positions: list[int] = []
     rows: list[int] = []
@@ -65,18 +87,24 @@ def pack(examples: Sequence[dict[str, list[int]]], pad_id: int, device: Any, buc
     ids.extend([pad_id] * tail)
     positions.extend(range(tail))
     rows.extend([-1] * tail)
+    lengths = tuple(len(e["input_ids"]) for e in examples)
+    seq_lengths = lengths + ((tail,) if tail else ())
+    owner = [*adapters, -1]
 
-    def as_long(xs: list[int]) -> Any:
-        return torch.tensor(xs, dtype=torch.long).to(device, non_blocking=True)
+    def as_long(xs: list[int], dtype: Any = torch.long) -> Any:
+        return torch.tensor(xs, dtype=dtype).to(device, non_blocking=True)
 
     return PackedBatch(
         input_ids=as_long(ids).unsqueeze(0),
         position_ids=as_long(positions).unsqueeze(0),
         token_row=as_long(rows),
+        token_adapter=as_long([owner[r] for r in rows]),
+        cu_seq_lens=as_long([0, *itertools.accumulate(seq_lengths)], torch.int32),
         label_at=as_long(label_at),
         label_row=as_long(label_row),
         targets=as_long(targets),
-        lengths=tuple(len(e["input_ids"]) for e in examples),
+        lengths=lengths,
+        seq_lengths=seq_lengths,
     )
 
 
@@ -88,3 +116,56 @@ def row_losses(logits: Any, batch: PackedBatch) -> Any:
     n_rows = len(batch.lengths)
     counts = torch.bincount(batch.label_row, minlength=n_rows).clamp(min=1)
     return torch.zeros(n_rows, device=token_loss.device, dtype=token_loss.dtype).index_add(0, batch.label_row, token_loss) / counts
+
+
+def _varlen() -> Any:
+    """torch's variable-length FlashAttention (``varlen_attn``), or None where this torch lacks it."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+@functools.cache
+def _parameters(function: Any) -> frozenset[str]:
+    return frozenset(inspect.signature(function).parameters)
+
+
+def packed_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: float | None = None,
+                     dropout: float = 0.0, packed_lengths: Sequence[int] | None = None, cu_seq_lens_q: Any = None,
+                     max_length_q: int | None = None, **kwargs: Any) -> tuple[Any, None]:
+    """Causal attention within each packed sequence (transformers' attention-function signature).
+
+    ``query`` is ``[1, H, T, D]``, ``key``/``value`` ``[1, H_kv, T, D]``; returns ``[1, T, H, D]``. Without
+    ``packed_lengths`` (a plain forward, e.g. a check after training) every batch row is one causal
+    sequence without padding.
+    """
+    import torch
+
+    if dropout:
+        raise ValueError("packed attention has no attention dropout (Qwen2's is 0)")
+    gqa = query.shape[1] != key.shape[1]
+    if packed_lengths is None:
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=gqa)
+        return out.transpose(1, 2), None
+    if query.shape[0] != 1:
+        raise ValueError(f"a packed stream is one batch row, got {query.shape[0]}")
+    varlen = _varlen() if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) else None
+    if varlen is not None:
+        q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, H, D]
+        causal = {"window_size": (-1, 0)} if "window_size" in _parameters(varlen) else {"is_causal": True}  # torch >= 2.10 / 2.9
+        out = varlen(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling, enable_gqa=gqa, **causal)
+        return out.unsqueeze(0), None
+    pieces = []
+    for q, k, v in zip(*(t.split(list(packed_lengths), dim=2) for t in (query, key, value))):
+        pieces.append(torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa))
+    return torch.cat(pieces, dim=2).transpose(1, 2), None
+
+
+def use_packed_attention(model: Any) -> None:
+    """Make ``model`` attend with :func:`packed_attention` (registered with transformers as ``"packed"``)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("packed", packed_attention)
+    model.set_attn_implementation("packed")

@@ -34,25 +34,36 @@ class StackedAdamW:
 
     @torch.no_grad()
     def grad_norms(self) -> torch.Tensor:
-        """Each adapter's gradient norm over all its parameters ([K], float64)."""
-        squares = [p.grad.double().pow(2).reshape(self.k, -1).sum(1) for p in self.params if p.grad is not None]
-        return torch.stack(squares).sum(0).sqrt() if squares else torch.zeros(self.k, dtype=torch.float64)
+        """Each adapter's gradient norm over all its parameters ([K]; float64 for float64 weights, else float32)."""
+        dtype = torch.float64 if self.params[0].dtype == torch.float64 else torch.float32
+        squares = [torch.linalg.vector_norm(p.grad.reshape(self.k, -1), dim=1, dtype=dtype).square() for p in self.params
+                   if p.grad is not None]
+        return torch.stack(squares).sum(0).sqrt() if squares else torch.zeros(self.k, dtype=dtype, device=self.steps.device)
 
     @torch.no_grad()
-    def step(self, lrs: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        """Step the adapters where ``active`` ([K] bool) at learning rates ``lrs`` ([K]); returns the norms before clipping."""
+    def step(self, lrs: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        """Step the adapters where ``active`` ([K] bool; None: all) at learning rates ``lrs`` ([K]); returns the norms
+        before clipping."""
         beta1, beta2 = self.betas
         norms = self.grad_norms()
         coef = torch.ones_like(norms) if self.max_grad_norm is None else (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-        self.steps += active.to(self.steps.dtype)
+        self.steps += 1 if active is None else active.to(self.steps.dtype)
         steps = self.steps.clamp(min=1)  # a never-stepped adapter is masked anyway
         bias1, bias2_sqrt = 1 - beta1 ** steps, (1 - beta2 ** steps).sqrt()
         lr = lrs.to(torch.float64)
         for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
             if p.grad is None:
                 continue
-            on = self._per_adapter(active, p).bool()
             g = p.grad * self._per_adapter(coef, p)
+            if active is None:  # the common case: every adapter steps, all in place
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = (v.sqrt() / self._per_adapter(bias2_sqrt, p)).add_(self.eps)
+                if self.weight_decay:
+                    p.mul_(1 - self._per_adapter(lr * self.weight_decay, p))
+                p.sub_(m / denom * self._per_adapter(lr / bias1, p))
+                continue
+            on = self._per_adapter(active, p).bool()
             m.copy_(torch.where(on, m.lerp(g, 1 - beta1), m))
             v.copy_(torch.where(on, v * beta2 + (1 - beta2) * g * g, v))
             denom = v.sqrt() / self._per_adapter(bias2_sqrt, p) + self.eps
@@ -61,9 +72,15 @@ class StackedAdamW:
             p.copy_(torch.where(on, decayed - update, p))
         return norms
 
-    def zero_grad(self) -> None:
+    @torch.no_grad()
+    def zero_grad(self, stepped: torch.Tensor | None = None) -> None:
+        """Clear the gradients of the adapters in ``stepped`` ([K] bool; default all); the others keep theirs
+        (gradient accumulation between their boundaries)."""
         for p in self.params:
-            p.grad = None
+            if stepped is None or p.grad is None:
+                p.grad = None
+            else:
+                p.grad.mul_(~self._per_adapter(stepped, p).bool())
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps.clone(), "exp_avg": [t.clone() for t in self.exp_avg], "exp_avg_sq": [t.clone() for t in self.exp_avg_sq]}

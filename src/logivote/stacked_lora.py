@@ -1,44 +1,75 @@
-"""K LoRA adapters over a packed token stream as two dense GEMMs per layer (issue 19, point 2).
+"""K LoRA adapters on one frozen base, trained together over a packed token stream (issue 19, point 2).
 
-Each wrapped linear holds every adapter's weights stacked in one parameter each, ``A: [K, r, in]`` and
-``B: [K, out, r]``, and computes, for tokens ``x: [..., T, in]`` whose adapters are ``a: [T]`` (-1: none)::
+peft trains one adapter per model (0.21 refuses ``adapter_names`` in training mode: mixed-adapter
+batches are an inference feature there), so this module does the one thing peft cannot.
+:class:`StackedLoraLinear` wraps a target linear (float or GPTQ, whatever it is; it stays frozen) and
+holds every adapter's weights stacked in one parameter each, ``A: [K, r, in]`` and ``B: [K, out, r]``.
+For tokens ``x: [..., T, in]`` whose adapters are ``a: [T]`` (-1: none, e.g. a bucket tail) it computes::
 
     s = dropout(x) @ A_all^T            # A_all = A viewed as [K·r, in]: every adapter's r columns
-    s = s * onehot(a)                    # keep each token's own adapter's r columns, zero the rest
-    y = base(x) + scale * s @ B_all^T    # B_all = B laid out as [out, K·r]
+    s = s * scale * onehot(a)            # keep each token's own adapter's r columns, zero the rest
+    y = base(x) + s @ B_all^T            # B_all = B laid out as [out, K·r]; one addmm
 
-so autograd gives each adapter exactly the gradient of its own tokens, with no per-adapter loop and
-no stacking of K parameters every step. An adapter with no tokens in a step gets a zero gradient (the
-optimizer over stacked adapters masks it). :class:`TokenAdapters` carries ``a`` to every wrapped layer
-of a model, like ``multi_lora.Active`` carries the rows' adapters.
+two dense GEMMs per layer, no per-adapter loop and no stacking of K parameters every step; autograd
+gives each adapter exactly the gradient of its own tokens, and an adapter with no tokens in a step a
+zero gradient (:class:`logivote.stacked_adamw.StackedAdamW` then leaves it untouched).
+:class:`TokenAdapters` carries ``a`` to every wrapped layer of a model; :class:`StackedLora` wraps a
+model's target linears and initialises each adapter as peft does (A Kaiming-uniform, B zero) from a
+generator seeded per (adapter seed, layer name), so adapter k starts the same whatever shares its job.
+
+Adapters go out as standard peft folders (:func:`save_peft_adapter`: ``adapter_config.json`` +
+``adapter_model.safetensors`` with peft's key names) that ``PeftModel.from_pretrained`` and vLLM's
+``--lora-modules`` load, and come back in with :func:`load_peft_adapter`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 
+@dataclass(frozen=True)
+class LoraShape:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.r
+
+
 class TokenAdapters:
-    """The adapter of every token of the current packed stream ([T] long, -1 for none)."""
+    """The adapter of every token of the current stream ([T] long, -1 for none), or one adapter for all tokens."""
 
     def __init__(self) -> None:
         self.ids: torch.Tensor | None = None
+        self.single: int | None = None
         self.k = 0
-        self._onehot: torch.Tensor | None = None
+        self._onehot: dict[tuple[torch.dtype, float], torch.Tensor] = {}
 
-    def set(self, ids: torch.Tensor, k: int) -> None:
-        self.ids, self.k, self._onehot = ids, k, None
+    def set(self, ids: torch.Tensor | None, k: int, single: int | None = None) -> None:
+        self.ids, self.k, self.single, self._onehot = ids, k, single, {}
 
-    def onehot(self, dtype: torch.dtype) -> torch.Tensor:
-        """[T, K, 1]: 1 where a token belongs to an adapter (built once per step, shared by every layer)."""
+    def onehot(self, dtype: torch.dtype, scale: float) -> torch.Tensor:
+        """[T, K, 1]: ``scale`` where a token belongs to an adapter, else 0 (built once per step, shared by every layer)."""
         if self.ids is None:
             raise RuntimeError("no token adapters set for this step")
-        if self._onehot is None or self._onehot.dtype != dtype:
-            self._onehot = (self.ids[:, None] == torch.arange(self.k, device=self.ids.device)).to(dtype).unsqueeze(-1)
-        return self._onehot
+        key = (dtype, scale)
+        if key not in self._onehot:
+            self._onehot[key] = ((self.ids[:, None] == torch.arange(self.k, device=self.ids.device)).to(dtype) * scale).unsqueeze(-1)
+        return self._onehot[key]
 
 
 class StackedLoraLinear(nn.Module):
@@ -58,10 +89,116 @@ class StackedLoraLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         h = self.dropout(x).to(self.lora_A.dtype).reshape(-1, self.in_features)  # [T, in]
-        if h.shape[0] != self.tokens.ids.shape[0]:
-            raise RuntimeError(f"{h.shape[0]} tokens but {self.tokens.ids.shape[0]} token adapters")
+        if self.tokens.single is not None:  # one adapter for every token (checks, inference)
+            i = self.tokens.single
+            delta = (h @ self.lora_A[i].t()) @ self.lora_B[i].t() * self.scale
+            return out + delta.reshape(out.shape).to(out.dtype)
+        if self.tokens.ids is None or h.shape[0] != self.tokens.ids.shape[0]:
+            n = None if self.tokens.ids is None else self.tokens.ids.shape[0]
+            raise RuntimeError(f"{h.shape[0]} tokens but {n} token adapters")
         s = h @ self.lora_A.reshape(self.k * self.r, self.in_features).t()  # [T, K·r]
-        s = (s.view(-1, self.k, self.r) * self.tokens.onehot(s.dtype)).view(-1, self.k * self.r)
+        s = (s.view(-1, self.k, self.r) * self.tokens.onehot(s.dtype, self.scale)).view(-1, self.k * self.r)
         b_all = self.lora_B.permute(1, 0, 2).reshape(self.out_features, self.k * self.r)  # [out, K·r]
-        delta = (s @ b_all.t()) * self.scale
-        return out + delta.reshape(out.shape).to(out.dtype)
+        flat = out.reshape(-1, self.out_features)
+        if flat.dtype == s.dtype:
+            return torch.addmm(flat, s, b_all.t()).view(out.shape)  # the add fused into the GEMM
+        return out + (s @ b_all.t()).view(out.shape).to(out.dtype)
+
+
+def _seed(seed: int, name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+class StackedLora:
+    """K adapters attached to ``model``'s target linears; ``with lora.tokens(ids):`` runs a packed stream through them."""
+
+    def __init__(self, model: nn.Module, k: int, shape: LoraShape, seeds: Sequence[int], dtype: torch.dtype) -> None:
+        if len(seeds) != k:
+            raise ValueError(f"{k} adapters need {k} seeds, got {len(seeds)}")
+        self.model, self.k, self.shape = model, k, shape
+        self.token_adapters = TokenAdapters()
+        self.layers: dict[str, StackedLoraLinear] = {}
+        targets = [(name, module) for name, module in model.named_modules() if name.rsplit(".", 1)[-1] in shape.target_modules]
+        if not targets:
+            raise ValueError(f"no module named {list(shape.target_modules)} in the model")
+        for name, module in targets:
+            parent_name, child = name.rsplit(".", 1)
+            device = next((t.device for t in [*module.parameters(), *module.buffers()]), torch.device("cpu"))
+            wrapped = StackedLoraLinear(module, k, shape.r, shape.scale, shape.dropout, self.token_adapters, dtype, device)
+            setattr(model.get_submodule(parent_name), child, wrapped)
+            self.layers[name] = wrapped
+        for adapter, seed in enumerate(seeds):
+            self._init(adapter, seed)
+
+    def _init(self, adapter: int, seed: int) -> None:
+        """peft's default: A Kaiming-uniform (a = sqrt(5)), B zero; A from a generator of (the adapter's seed, layer name)."""
+        for name, layer in self.layers.items():
+            generator = torch.Generator().manual_seed(_seed(seed, name))
+            a = torch.empty(layer.lora_A.shape[1:], dtype=torch.float32)
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
+            with torch.no_grad():
+                layer.lora_A[adapter].copy_(a)
+                layer.lora_B[adapter].zero_()
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Every layer's stacked ``A`` and ``B`` (dim 0: the adapter)."""
+        return [p for layer in self.layers.values() for p in (layer.lora_A, layer.lora_B)]
+
+    @contextmanager
+    def tokens(self, ids: torch.Tensor) -> Iterator[None]:
+        """Token t of the stream goes through adapter ``ids[t]`` (-1: none); keep it open through the backward
+        (gradient checkpointing reruns the forward there)."""
+        self.token_adapters.set(ids, self.k)
+        try:
+            yield
+        finally:
+            self.token_adapters.set(None, self.k)
+
+    @contextmanager
+    def adapter(self, i: int) -> Iterator[None]:
+        """Every token through adapter ``i`` (a plain forward, any batch shape)."""
+        self.token_adapters.set(None, self.k, single=i)
+        try:
+            yield
+        finally:
+            self.token_adapters.set(None, self.k)
+
+    def state(self, adapter: int) -> dict[str, torch.Tensor]:
+        """Adapter ``adapter`` in peft's key layout (``base_model.model.<module>.lora_{A,B}.weight``)."""
+        out = {}
+        for name, layer in self.layers.items():
+            out[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A[adapter].detach().to("cpu", torch.float32).contiguous()
+            out[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B[adapter].detach().to("cpu", torch.float32).contiguous()
+        return out
+
+    def load_state(self, adapter: int, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, layer in self.layers.items():
+                layer.lora_A[adapter].copy_(tensors[f"base_model.model.{name}.lora_A.weight"])
+                layer.lora_B[adapter].copy_(tensors[f"base_model.model.{name}.lora_B.weight"])
+
+
+def peft_config(shape: LoraShape, base_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``adapter_config.json`` peft writes for this LoRA (made by peft itself, so its fields stay peft's)."""
+    from peft import LoraConfig
+
+    config = LoraConfig(task_type="CAUSAL_LM", r=shape.r, lora_alpha=shape.alpha, lora_dropout=shape.dropout,
+                        target_modules=list(shape.target_modules), base_model_name_or_path=str(base_dir))
+    return json.loads(json.dumps(config.to_dict(), default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
+
+
+def save_peft_adapter(lora: StackedLora, adapter: int, out_dir: str | os.PathLike[str], base_dir: str | os.PathLike[str]) -> None:
+    """Write adapter ``adapter`` as a standard peft adapter folder (caller makes it atomic)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "adapter_config.json").write_text(json.dumps(peft_config(lora.shape, base_dir), indent=2, sort_keys=True) + "\n")
+    save_file(lora.state(adapter), str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+
+def load_peft_adapter(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The tensors of a peft adapter folder, in :meth:`StackedLora.state`'s layout."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / "adapter_model.safetensors"))

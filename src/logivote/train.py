@@ -1,24 +1,31 @@
 """Step 3: LoRA adapters, K per job over one base model in memory (``train.adapters_per_job``).
 
 :func:`train_adapters` loads the base once and trains K adapters together.
-Each optimizer step takes the next example of each adapter's own stream (its
-subset, in its own seeded order, for its own epochs) and runs them as one
-batch in which row i passes only through adapter i's LoRA weights
-(:mod:`logivote.multi_lora`). The loss is the sum of the per-adapter losses,
-so each adapter's gradient is that of its own example; each adapter has its
-own AdamW state, gradient clipping and learning-rate schedule: batch-1
-semantics per adapter, a batch of K for the hardware. An adapter whose stream
-has ended drops out of the batch. K = 1 runs the same code. Rows are padded
-on the right to the longest row of the step (the log reports the padding
-share); logits are computed only at the labelled positions (the answer letter
-and the end-of-turn token), not over the whole vocabulary at every position.
+Each step takes the next example of each adapter's own stream (its subset, in
+its own seeded order, for its own epochs); the four units of a step are:
+
+- :mod:`logivote.packing`: the step's rows end to end in one token stream, no
+  padding, each row with its own positions and attention only within itself;
+  logits only at the labelled positions (the answer letter and end-of-turn);
+- :mod:`logivote.stacked_lora`: every adapter's LoRA weights stacked in one
+  ``A`` and one ``B`` per layer, applied per token as two dense GEMMs, so each
+  adapter's gradient is that of its own example;
+- :mod:`logivote.stacked_adamw`: one AdamW step for all adapters, with each
+  adapter's own moments, step count, gradient clipping and learning rate (a
+  ``[K]`` tensor from its schedule, :func:`lr_factors`);
+- this loop, which reads the losses back only every ``logging_steps``.
+
+Batch-1 semantics per adapter, one stream of K rows for the hardware. An
+adapter whose stream has ended drops out of the stream and is masked out of
+the optimizer step, as is one between gradient-accumulation boundaries.
+K = 1 runs the same code.
 
 Each adapter is written as a standard peft folder (``adapter_config.json`` +
 ``adapter_model.safetensors``) that ``PeftModel.from_pretrained`` and vLLM's
 ``--lora-modules`` load, under its final name only when complete.
 
 Crash safety: a checkpoint per job goes to ``checkpoint_dir/step-N`` every
-``save_steps`` steps (LoRA weights, optimizer and scheduler states, RNG
+``save_steps`` steps (LoRA weights, optimizer state and step counts, RNG
 states). A rerun resumes from the newest complete one, provided its
 fingerprint (settings, subsets, base model) matches; a stale checkpoint folder
 is wiped. On CPU a resumed job ends with the same adapters as an
@@ -27,6 +34,7 @@ uninterrupted one (``tests/test_train.py``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -42,7 +50,7 @@ from typing import Any
 
 from .flatten import read_questions
 from .jsonl import atomic_directory, sha256_file
-from .prompt import encode_example, labelled_batch
+from .prompt import encode_example
 from .quantize import gptq_load_kwargs
 
 log = logging.getLogger(__name__)
@@ -169,14 +177,20 @@ def encode_subset(tokenizer: Any, subset_path: str | os.PathLike[str], max_len: 
     return examples
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepStats:
-    """What one step did, for progress, logs and benchmarks."""
+    """What one step did, for progress, logs and benchmarks; ``losses`` reads the device (a sync), so read it only when needed."""
 
     step: int
-    losses: dict[int, float]  # adapter -> loss of its example in this step
+    total_steps: int
+    adapters: tuple[int, ...]  # the adapters in this step
+    row_loss: Any  # [len(adapters)] tensor on the device: each adapter's loss on its example
     real_tokens: int
-    padded_tokens: int
+    padded_tokens: int  # the bucket's tail
+
+    @property
+    def losses(self) -> dict[int, float]:
+        return dict(zip(self.adapters, self.row_loss.tolist()))
 
 
 LOSS_CURVE = "loss_curve.tsv"
@@ -184,17 +198,16 @@ LOSS_CURVE_COLUMNS = ("adapter", "step", "loss", "learning_rate")
 
 
 def loss_curve(adapter: int, losses: Sequence[float], logging_steps: int, grad_accum: int, base_lr: float,
-               lr_factor: Callable[[int], float] | None) -> list[tuple[int, int, float, float]]:
+               lr_factors: Sequence[float]) -> list[tuple[int, int, float, float]]:
     """The rows of ``loss_curve.tsv`` (contracts): one per logged step (every ``logging_steps`` and the last),
-    the mean loss since the previous row, and the learning rate in effect at that step (``lr_factor``: the
-    scheduler's multiplier after n optimizer steps; NaN when the scheduler has none)."""
+    the mean loss since the previous row, and the learning rate in effect at that step (``lr_factors[n]``:
+    the schedule's multiplier after n optimizer steps, :func:`lr_factors`)."""
     rows = []
     start = 0
     for step in range(1, len(losses) + 1):
         if step % logging_steps == 0 or step == len(losses):
             window = losses[start:step]
-            lr = base_lr * lr_factor((step - 1) // grad_accum) if lr_factor is not None else float("nan")
-            rows.append((adapter, step, sum(window) / len(window), lr))
+            rows.append((adapter, step, sum(window) / len(window), base_lr * lr_factors[(step - 1) // grad_accum]))
             start = step
     return rows
 
@@ -211,15 +224,32 @@ def read_loss_curve(path: str | os.PathLike[str]) -> list[dict[str, float]]:
     return [dict(zip(LOSS_CURVE_COLUMNS, map(float, line.split("\t")))) for line in body]
 
 
-def _save_checkpoint(checkpoint_dir: Path, step: int, lora: Any, optimizers: Sequence[Any], schedulers: Sequence[Any],
+@functools.cache
+def lr_factors(scheduler: str, warmup_steps: int, optimizer_steps: int) -> tuple[float, ...]:
+    """The learning rate's multiplier before optimizer step n = 0 … ``optimizer_steps``: transformers'
+    ``get_scheduler`` (the Trainer's schedules), stepped on a stand-in optimizer."""
+    import torch
+    from transformers import get_scheduler
+
+    stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = get_scheduler(scheduler, stand_in, num_warmup_steps=warmup_steps, num_training_steps=optimizer_steps)
+    factors = []
+    for _ in range(optimizer_steps + 1):
+        factors.append(float(schedule.get_last_lr()[0]))
+        stand_in.step()
+        schedule.step()
+    return tuple(factors)
+
+
+def _save_checkpoint(checkpoint_dir: Path, step: int, lora: Any, optimizer: Any, optimizer_steps: Sequence[int],
                      losses: Sequence[list[float]]) -> None:
     import torch
 
     state = {
         "step": step,
         "lora": [lora.state(i) for i in range(lora.k)],
-        "optimizers": [o.state_dict() for o in optimizers],
-        "schedulers": [s.state_dict() for s in schedulers],
+        "optimizer": optimizer.state_dict(),
+        "optimizer_steps": list(optimizer_steps),
         "losses": [list(x) for x in losses],
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
@@ -227,6 +257,37 @@ def _save_checkpoint(checkpoint_dir: Path, step: int, lora: Any, optimizers: Seq
         torch.save(state, tmp / "state.pt")
     for old in sorted(checkpoint_dir.glob("step-*"), key=lambda p: int(p.name[5:]))[:-2]:  # keep the newest two
         shutil.rmtree(old, ignore_errors=True)
+
+
+class _LossLog:
+    """Each adapter's per-step losses, read from the device only every ``logging_steps`` (and before a checkpoint)."""
+
+    def __init__(self, adapters: Sequence[int], losses: list[list[float]], learning_rate: float) -> None:
+        self.adapters, self.losses, self.learning_rate = list(adapters), losses, learning_rate
+        self.pending: list[tuple[int, list[int], Any]] = []  # (step, active adapter indices, [R] losses on the device)
+
+    def add(self, step: int, active: list[int], row_loss: Any) -> None:
+        self.pending.append((step, active, row_loss.detach()))
+
+    def flush(self, total_steps: int) -> None:
+        import torch
+
+        if not self.pending:
+            return
+        values = iter(torch.cat([loss for _, _, loss in self.pending]).tolist())  # one device sync
+        for step, active, _ in self.pending:
+            for i in active:
+                loss = next(values)
+                if not math.isfinite(loss):
+                    raise FloatingPointError(
+                        f"adapter {self.adapters[i]}: training loss is {loss} at step {step + 1} of {total_steps} "
+                        f"(learning rate {self.learning_rate:g}): it diverged and its weights would be NaN. "
+                        "Lower train.learning_rate (the recipe's is 1e-4) and rerun; the job's earlier checkpoints are kept")
+                self.losses[i].append(loss)
+        self.pending.clear()
+
+    def recent(self, n: int) -> dict[int, float]:
+        return {self.adapters[i]: sum(x[-n:]) / len(x[-n:]) for i, x in enumerate(self.losses) if x}
 
 
 def train_adapters(
@@ -237,15 +298,16 @@ def train_adapters(
     settings: TrainSettings,
     on_step: Callable[[StepStats], None] | None = None,
 ) -> Any:
-    """Train one adapter per subset (adapter number -> subset file) in one job; return the :class:`MultiLora` (for checks).
+    """Train one adapter per subset (adapter number -> subset file) in one job; return the :class:`StackedLora` (for checks).
 
-    ``on_step`` is called after every optimizer step (benchmarks time the loop with it).
+    ``on_step`` is called after every step (benchmarks time the loop with it).
     """
     import torch
     from tqdm import tqdm
-    from transformers import get_scheduler
 
-    from .multi_lora import LoraShape, MultiLora, save_peft_adapter
+    from .packing import pack, row_losses, use_packed_attention
+    from .stacked_adamw import StackedAdamW
+    from .stacked_lora import LoraShape, StackedLora, save_peft_adapter
 
     if settings.batch_size != 1:
         raise ValueError(f"train.batch_size {settings.batch_size}: each adapter trains on one example per step (the recipe's "
@@ -257,6 +319,7 @@ def train_adapters(
     tokenizer, model = load_base(base_dir, dtype, on_gpu)
     model.requires_grad_(False)
     model.config.use_cache = False
+    use_packed_attention(model)
     adapters = sorted(subsets)
     examples = [encode_subset(tokenizer, subsets[k], settings.max_len) for k in adapters]
     streams = [adapter_stream(len(ex), settings.epochs, settings.seed, k) for ex, k in zip(examples, adapters)]
@@ -267,26 +330,14 @@ def train_adapters(
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     shape = LoraShape(settings.lora_r, settings.lora_alpha, settings.lora_dropout, tuple(settings.target_modules))
-    lora = MultiLora(model, len(adapters), shape, seeds=[settings.seed] * len(adapters), dtype=dtype)
+    lora = StackedLora(model, len(adapters), shape, seeds=[settings.seed] * len(adapters), dtype=dtype)
     model.train()
-    memory = base_memory(model)
-    log.info("frozen base: %.1f MiB in memory (%s)%s", memory["bytes"] / 2**20,
-             ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sorted(memory["by_dtype"].items())),
-             f"; quantized linears: {', '.join(memory['quantized_kernels'])}" if memory["quantized_kernels"] else "")
-    per_adapter = sum(p.numel() for p in lora.parameters(0))
-    log.info("LoRA: %d adapters (%s) in one job, %d trainable parameters each, %d layers wrapped",
-             len(adapters), ", ".join(map(str, adapters)), per_adapter, len(lora.layers))
-    if on_gpu:
-        devices = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
-        log.info("CUDA_VISIBLE_DEVICES=%s: %s", os.environ.get("CUDA_VISIBLE_DEVICES"),
-                 ", ".join(f"cuda:{i} {d.name} GPU-{d.uuid}" for i, d in enumerate(devices)))
-        log.info("model placement: %s", sorted({str(p.device) for p in model.parameters()}))
+    _log_setup(model, lora, adapters, on_gpu)
 
-    optimizers = [torch.optim.AdamW(lora.parameters(i), lr=settings.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-                  for i in range(len(adapters))]
-    schedulers = [get_scheduler(settings.lr_scheduler, opt, num_warmup_steps=settings.warmup_steps,
-                                num_training_steps=math.ceil(len(stream) / settings.grad_accum))
-                  for opt, stream in zip(optimizers, streams)]
+    optimizer = StackedAdamW(lora.parameters(), len(adapters), betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                             max_grad_norm=settings.max_grad_norm)
+    schedules = [lr_factors(settings.lr_scheduler, settings.warmup_steps, math.ceil(len(s) / settings.grad_accum)) for s in streams]
+    optimizer_steps = [0] * len(adapters)
     losses: list[list[float]] = [[] for _ in adapters]
     ckpt = Path(checkpoint_dir)
     start = 0
@@ -294,9 +345,8 @@ def train_adapters(
         state = torch.load(resume / "state.pt", weights_only=False)
         for i in range(len(adapters)):
             lora.load_state(i, state["lora"][i])
-            optimizers[i].load_state_dict(state["optimizers"][i])
-            schedulers[i].load_state_dict(state["schedulers"][i])
-        losses = state["losses"]
+        optimizer.load_state_dict(state["optimizer"])
+        optimizer_steps, losses = state["optimizer_steps"], state["losses"]
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -307,55 +357,44 @@ def train_adapters(
     body, head = model.base_model, model.get_output_embeddings()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     total_steps = max(len(s) for s in streams)
+    loss_log = _LossLog(adapters, losses, settings.learning_rate)
     real = padded = 0
     began = time.perf_counter()
     bar = tqdm(total=total_steps, initial=start, desc=f"train adapters {adapters[0]}-{adapters[-1]}", unit="step", mininterval=1.0)
     for step in range(start, total_steps):
         active = [i for i, stream in enumerate(streams) if step < len(stream)]
-        batch = [examples[i][streams[i][step]] for i in active]
-        ids, mask, rows, cols, targets = labelled_batch(batch, pad_id, device)
-        with lora.rows(active):  # through the backward too: gradient checkpointing reruns the forward there
-            hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
-            logits = head(hidden[rows, cols]).float()
-            token_loss = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
-            counts = torch.bincount(rows, minlength=len(active)).clamp(min=1)
-            row_loss = torch.zeros(len(active), device=token_loss.device).index_add(0, rows, token_loss) / counts
+        batch = pack([examples[i][streams[i][step]] for i in active], pad_id, device, adapters=active)
+        with lora.tokens(batch.token_adapter):  # through the backward too: gradient checkpointing reruns the forward there
+            hidden = body(input_ids=batch.input_ids, position_ids=batch.position_ids, **batch.attention_kwargs()).last_hidden_state
+            row_loss = row_losses(head(hidden[0, batch.label_at]), batch)
             (row_loss.sum() / settings.grad_accum).backward()
-        for i, loss in zip(active, row_loss.detach().tolist()):  # one device sync per step, not one per adapter
-            if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"adapter {adapters[i]}: training loss is {loss} at step {step + 1} of {total_steps} "
-                    f"(learning rate {settings.learning_rate:g}): it diverged and its weights would be NaN. "
-                    "Lower train.learning_rate (the recipe's is 1e-4) and rerun; the job's earlier checkpoints are kept")
-            losses[i].append(loss)
-            if (step + 1) % settings.grad_accum == 0 or step + 1 == len(streams[i]):
-                torch.nn.utils.clip_grad_norm_(lora.parameters(i), settings.max_grad_norm)
-                optimizers[i].step()
-                schedulers[i].step()
-                optimizers[i].zero_grad(set_to_none=True)
-        n_real = int(mask.sum())
-        real, padded = real + n_real, padded + mask.numel() - n_real
+        loss_log.add(step, active, row_loss)
+        stepping = [i for i in active if (step + 1) % settings.grad_accum == 0 or step + 1 == len(streams[i])]
+        if stepping:
+            _optimizer_step(optimizer, stepping, schedules, optimizer_steps, settings.learning_rate, device)
+        real, padded = real + batch.real_tokens, padded + batch.total_tokens - batch.real_tokens
         bar.update(1)
         if (step + 1) % settings.logging_steps == 0 or step + 1 == total_steps:
-            recent = {adapters[i]: sum(losses[i][-settings.logging_steps:]) / len(losses[i][-settings.logging_steps:])
-                      for i in range(len(adapters)) if losses[i]}
+            loss_log.flush(total_steps)
+            recent = loss_log.recent(settings.logging_steps)
             bar.set_postfix_str(" ".join(f"{k}:{v:.3f}" for k, v in recent.items()), refresh=False)
             log.info("step %d/%d, loss per adapter: %s", step + 1, total_steps, ", ".join(f"{k} {v:.4f}" for k, v in recent.items()))
         if on_step is not None:
-            on_step(StepStats(step + 1, {adapters[i]: losses[i][-1] for i in active}, n_real, mask.numel() - n_real))
+            on_step(StepStats(step + 1, total_steps, tuple(adapters[i] for i in active), row_loss.detach(),
+                              batch.real_tokens, batch.total_tokens - batch.real_tokens))
         if (step + 1) % settings.save_steps == 0 and step + 1 < total_steps:
-            _save_checkpoint(ckpt, step + 1, lora, optimizers, schedulers, losses)
+            loss_log.flush(total_steps)
+            _save_checkpoint(ckpt, step + 1, lora, optimizer, optimizer_steps, losses)
     bar.close()
     elapsed = time.perf_counter() - began
-    log.info("training done: %d steps in %.1f s; %d real tokens, %.1f %% of the batches' tokens were padding",
+    log.info("training done: %d steps in %.1f s; %d real tokens, %.1f %% of the streams' tokens were bucket padding",
              total_steps - start, elapsed, real, 100 * padded / max(real + padded, 1))
 
     for i, k in enumerate(adapters):
         with atomic_directory(out_dirs[k]) as tmp:
             save_peft_adapter(lora, i, tmp, base_dir)
-            lambdas = getattr(schedulers[i], "lr_lambdas", None)
             write_loss_curve(tmp / LOSS_CURVE, loss_curve(k, losses[i], settings.logging_steps, settings.grad_accum,
-                                                          settings.learning_rate, lambdas[0] if lambdas else None))
+                                                          settings.learning_rate, schedules[i]))
             (tmp / "logivote_train.json").write_text(json.dumps(
                 {"adapter": k, "settings": asdict(settings), "examples": len(examples[i]), "steps": len(streams[i]),
                  "job_adapters": adapters, "final_loss": sum(losses[i][-10:]) / max(len(losses[i][-10:]), 1)},
@@ -363,6 +402,39 @@ def train_adapters(
         log.info("adapter %d written to %s", k, out_dirs[k])
     shutil.rmtree(ckpt, ignore_errors=True)
     return lora
+
+
+def _optimizer_step(optimizer: Any, stepping: Sequence[int], schedules: Sequence[Sequence[float]], optimizer_steps: list[int],
+                    learning_rate: float, device: Any) -> None:
+    """Step the adapters ``stepping`` (each at its own schedule's rate), then clear their gradients; the others
+    keep theirs (they accumulate or sit out)."""
+    import torch
+
+    k = len(optimizer_steps)
+    on = [i in set(stepping) for i in range(k)]
+    lrs = [learning_rate * schedules[i][optimizer_steps[i]] if on[i] else 0.0 for i in range(k)]
+    mask = None if all(on) else torch.tensor(on, dtype=torch.bool).to(device, non_blocking=True)
+    optimizer.step(torch.tensor(lrs, dtype=torch.float64).to(device, non_blocking=True), mask)
+    optimizer.zero_grad(mask)
+    for i in stepping:
+        optimizer_steps[i] += 1
+
+
+def _log_setup(model: Any, lora: Any, adapters: Sequence[int], on_gpu: bool) -> None:
+    import torch
+
+    memory = base_memory(model)
+    log.info("frozen base: %.1f MiB in memory (%s)%s", memory["bytes"] / 2**20,
+             ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sorted(memory["by_dtype"].items())),
+             f"; quantized linears: {', '.join(memory['quantized_kernels'])}" if memory["quantized_kernels"] else "")
+    per_adapter = sum(p[0].numel() for p in lora.parameters())
+    log.info("LoRA: %d adapters (%s) in one job, %d trainable parameters each, %d layers wrapped",
+             len(adapters), ", ".join(map(str, adapters)), per_adapter, len(lora.layers))
+    if on_gpu:
+        devices = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+        log.info("CUDA_VISIBLE_DEVICES=%s: %s", os.environ.get("CUDA_VISIBLE_DEVICES"),
+                 ", ".join(f"cuda:{i} {d.name} GPU-{d.uuid}" for i, d in enumerate(devices)))
+        log.info("model placement: %s", sorted({str(p.device) for p in model.parameters()}))
 
 
 def train_adapter(

@@ -102,6 +102,8 @@ class Profiled(Clock):
 
     def __call__(self, stats: StepStats) -> None:
         super().__call__(stats)
+        if stats.step in (10, 20) and torch.cuda.is_available():
+            torch.cuda.synchronize()
         if stats.step == 10:
             activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
             self.profiler = torch.profiler.profile(activities=activities)
@@ -170,7 +172,7 @@ def trainer_baseline(base: Path, subset: Path, workdir: Path, steps: int, peak: 
 
     class Tick(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-            clock(StepStats(state.global_step, {0: 0.0}, len(examples[state.global_step - 1]["input_ids"]), 0))
+            clock(StepStats(state.global_step, len(examples), (0,), torch.zeros(1), len(examples[state.global_step - 1]["input_ids"]), 0))
 
     args = TrainingArguments(output_dir=str(workdir / "trainer"), per_device_train_batch_size=1, num_train_epochs=1, learning_rate=1e-4,
                              logging_steps=20, save_strategy="no", bf16=on_gpu, use_cpu=not on_gpu, report_to="none",

@@ -47,17 +47,19 @@ class Clock:
         self.real = self.padded = self.labelled = self.steps = 0
 
     def __call__(self, stats: StepStats) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        if stats.step < self.warmup:
+            return
+        if stats.step in (self.warmup, stats.total_steps) and torch.cuda.is_available():
+            torch.cuda.synchronize()  # only at the ends: a sync every step would stall the host's queue of launches
         now = time.perf_counter()
         if stats.step == self.warmup:
             self.start = now
-        elif stats.step > self.warmup:
+        else:
             self.end = now
             self.steps += 1
             self.real += stats.real_tokens
             self.padded += stats.padded_tokens
-            self.labelled += 2 * len(stats.losses)
+            self.labelled += 2 * len(stats.adapters)
 
     @property
     def seconds(self) -> float:
