@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ class PackedBatch:
     label_at: Any       # [L] long: the stream position whose hidden state predicts a labelled token
     label_row: Any      # [L] long: its row
     targets: Any        # [L] long: the labelled token ids
+    label_weight: Any   # [L] float32: 1 / the number of labelled tokens of its row (a row's loss is their mean)
     lengths: tuple[int, ...]  # tokens of each row, on the host
     seq_lengths: tuple[int, ...]  # tokens of each attention sequence (the rows, then the tail if any), on the host
 
@@ -92,7 +94,9 @@ def pack(examples: Sequence[dict[str, list[int]]], pad_id: int, device: Any, buc
     owner = [*adapters, -1]
 
     def as_long(xs: list[int], dtype: Any = torch.long) -> Any:
-        return torch.tensor(xs, dtype=dtype).to(device, non_blocking=True)
+        return to_device(xs, dtype, device)
+
+    counts = Counter(label_row)
 
     return PackedBatch(
         input_ids=as_long(ids).unsqueeze(0),
@@ -103,19 +107,31 @@ def pack(examples: Sequence[dict[str, list[int]]], pad_id: int, device: Any, buc
         label_at=as_long(label_at),
         label_row=as_long(label_row),
         targets=as_long(targets),
+        label_weight=to_device([1.0 / counts[r] for r in label_row], torch.float32, device),
         lengths=lengths,
         seq_lengths=seq_lengths,
     )
 
 
 def row_losses(logits: Any, batch: PackedBatch) -> Any:
-    """Each row's mean cross-entropy over its labelled tokens ([R]); ``logits`` are those at ``batch.label_at``."""
+    """Each row's mean cross-entropy over its labelled tokens ([R]); ``logits`` are those at ``batch.label_at``.
+    (No ``bincount``: on CUDA it waits for the device to size its output.)"""
     import torch
 
     token_loss = torch.nn.functional.cross_entropy(logits.float(), batch.targets, reduction="none")
-    n_rows = len(batch.lengths)
-    counts = torch.bincount(batch.label_row, minlength=n_rows).clamp(min=1)
-    return torch.zeros(n_rows, device=token_loss.device, dtype=token_loss.dtype).index_add(0, batch.label_row, token_loss) / counts
+    weighted = token_loss * batch.label_weight.to(token_loss.dtype)
+    return torch.zeros(len(batch.lengths), device=token_loss.device, dtype=token_loss.dtype).index_add(0, batch.label_row, weighted)
+
+
+def to_device(values: Sequence[Any], dtype: Any, device: Any) -> Any:
+    """A host list as a tensor on ``device`` without waiting for the device: from pinned memory on CUDA (a copy
+    from pageable memory would first wait for the stream to drain, so the host could never run ahead)."""
+    import torch
+
+    tensor = torch.tensor(values, dtype=dtype)
+    if torch.device(device).type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def _varlen() -> Any:
@@ -154,8 +170,12 @@ def packed_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
     varlen = _varlen() if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) else None
     if varlen is not None:
         q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, H, D]
-        causal = {"window_size": (-1, 0)} if "window_size" in _parameters(varlen) else {"is_causal": True}  # torch >= 2.10 / 2.9
-        out = varlen(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling, enable_gqa=gqa, **causal)
+        options = {"window_size": (-1, 0)} if "window_size" in _parameters(varlen) else {"is_causal": True}  # the torch of 2026 / 2.9
+        if gqa and "enable_gqa" in _parameters(varlen):
+            options["enable_gqa"] = True
+        elif gqa:  # torch 2.11's varlen_attn takes no grouped heads: repeat them
+            k, v = (t.repeat_interleave(query.shape[1] // key.shape[1], dim=1) for t in (k, v))
+        out = varlen(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling, **options)
         return out.unsqueeze(0), None
     pieces = []
     for q, k, v in zip(*(t.split(list(packed_lengths), dim=2) for t in (query, key, value))):

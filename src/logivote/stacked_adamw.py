@@ -2,11 +2,15 @@
 
 Each parameter holds K adapters' slices (``[K, ...]``, as :mod:`logivote.stacked_lora` stores them). One
 :meth:`StackedAdamW.step` does, for every adapter k at once, what K separate ``torch.optim.AdamW``
-(weight decay 0 by default) after ``clip_grad_norm_(adapter k's parameters, max_grad_norm)`` would do:
-per-adapter gradient norms as one reduction per parameter, per-adapter learning rates as a ``[K]``
-tensor, per-adapter step counts, and a ``[K]`` mask of the adapters that step now. A masked adapter (its
-stream has ended, or it is between gradient-accumulation boundaries) is left exactly as it was: weights,
-moments and step count. Nothing is read back to the host.
+(weight decay 0 by default) after ``clip_grad_norm_(adapter k's parameters, max_grad_norm)`` would do,
+with per-adapter learning rates as a ``[K]`` tensor, per-adapter step counts, and a ``[K]`` mask of the
+adapters that step now. A masked adapter (its stream has ended, or it is between gradient-accumulation
+boundaries) is left exactly as it was: weights, moments and step count. Nothing is read back to the host.
+
+The optimizer moves every parameter into one flat ``[K, N]`` buffer (each parameter becomes a view of
+its columns, and so does its gradient): a step is about fifteen tensor operations whatever the number
+of layers, where one set of operations per parameter would cost thousands of kernel launches a step
+at full depth. Per-adapter norms are one row reduction; per-adapter scalars broadcast as ``[K, 1]``.
 """
 
 from __future__ import annotations
@@ -21,24 +25,44 @@ class StackedAdamW:
     def __init__(self, params: Sequence[torch.nn.Parameter], k: int, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, max_grad_norm: float | None = 1.0) -> None:
         self.params = list(params)
-        if any(p.shape[0] != k for p in self.params):
+        if not self.params or any(p.shape[0] != k for p in self.params):
             raise ValueError(f"every parameter must stack {k} adapters along dim 0")
+        if len({(p.dtype, p.device) for p in self.params}) != 1:
+            raise ValueError("the stacked parameters must share one dtype and device")
         self.k, self.betas, self.eps, self.weight_decay, self.max_grad_norm = k, betas, eps, weight_decay, max_grad_norm
-        device = self.params[0].device
-        self.steps = torch.zeros(k, dtype=torch.float64, device=device)
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        first = self.params[0]
+        sizes = [p[0].numel() for p in self.params]
+        self.weights = torch.empty(k, sum(sizes), dtype=first.dtype, device=first.device)
+        self.grads = torch.zeros_like(self.weights)
+        self.grad_views: list[torch.Tensor] = []
+        start = 0
+        with torch.no_grad():
+            for p, n in zip(self.params, sizes):
+                view = self.weights[:, start:start + n].view(p.shape)
+                view.copy_(p)
+                p.data = view  # the module's parameter now lives in the flat buffer
+                self.grad_views.append(self.grads[:, start:start + n].view(p.shape))
+                p.grad = self.grad_views[-1]  # backward accumulates into the flat gradient in place
+                start += n
+        self.steps = torch.zeros(k, dtype=torch.float64, device=first.device)
+        self.exp_avg = torch.zeros_like(self.weights)
+        self.exp_avg_sq = torch.zeros_like(self.weights)
 
-    def _per_adapter(self, v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return v.to(like.dtype).view(self.k, *([1] * (like.dim() - 1)))
+    def _gather_grads(self) -> None:
+        """Put back any gradient that is no longer a view of the flat buffer (set by hand, or after ``p.grad = None``)."""
+        for p, view in zip(self.params, self.grad_views):
+            if p.grad is None:
+                view.zero_()
+            elif p.grad.data_ptr() != view.data_ptr():
+                view.copy_(p.grad)
+            p.grad = view
 
     @torch.no_grad()
     def grad_norms(self) -> torch.Tensor:
         """Each adapter's gradient norm over all its parameters ([K]; float64 for float64 weights, else float32)."""
-        dtype = torch.float64 if self.params[0].dtype == torch.float64 else torch.float32
-        squares = [torch.linalg.vector_norm(p.grad.reshape(self.k, -1), dim=1, dtype=dtype).square() for p in self.params
-                   if p.grad is not None]
-        return torch.stack(squares).sum(0).sqrt() if squares else torch.zeros(self.k, dtype=dtype, device=self.steps.device)
+        self._gather_grads()
+        dtype = torch.float64 if self.grads.dtype == torch.float64 else torch.float32
+        return torch.linalg.vector_norm(self.grads, dim=1, dtype=dtype)
 
     @torch.no_grad()
     def step(self, lrs: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
@@ -51,41 +75,43 @@ class StackedAdamW:
         steps = self.steps.clamp(min=1)  # a never-stepped adapter is masked anyway
         bias1, bias2_sqrt = 1 - beta1 ** steps, (1 - beta2 ** steps).sqrt()
         lr = lrs.to(torch.float64)
-        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
-            if p.grad is None:
-                continue
-            g = p.grad * self._per_adapter(coef, p)
-            if active is None:  # the common case: every adapter steps, all in place
-                m.lerp_(g, 1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                denom = (v.sqrt() / self._per_adapter(bias2_sqrt, p)).add_(self.eps)
-                if self.weight_decay:
-                    p.mul_(1 - self._per_adapter(lr * self.weight_decay, p))
-                p.sub_(m / denom * self._per_adapter(lr / bias1, p))
-                continue
-            on = self._per_adapter(active, p).bool()
-            m.copy_(torch.where(on, m.lerp(g, 1 - beta1), m))
-            v.copy_(torch.where(on, v * beta2 + (1 - beta2) * g * g, v))
-            denom = v.sqrt() / self._per_adapter(bias2_sqrt, p) + self.eps
-            update = m / denom * self._per_adapter(lr / bias1, p)
-            decayed = p * (1 - self._per_adapter(lr * self.weight_decay, p))
-            p.copy_(torch.where(on, decayed - update, p))
+
+        def per_adapter(v: torch.Tensor) -> torch.Tensor:
+            return v.to(self.weights.dtype)[:, None]
+
+        p, m, v = self.weights, self.exp_avg, self.exp_avg_sq
+        g = self.grads * per_adapter(coef)
+        if active is None:  # the common case: every adapter steps, all in place
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            denom = (v.sqrt() / per_adapter(bias2_sqrt)).add_(self.eps)
+            if self.weight_decay:
+                p.mul_(1 - per_adapter(lr * self.weight_decay))
+            p.sub_(m / denom * per_adapter(lr / bias1))
+            return norms
+        on = active[:, None]
+        m.copy_(torch.where(on, m.lerp(g, 1 - beta1), m))
+        v.copy_(torch.where(on, v * beta2 + (1 - beta2) * g * g, v))
+        denom = v.sqrt() / per_adapter(bias2_sqrt) + self.eps
+        update = m / denom * per_adapter(lr / bias1)
+        decayed = p * (1 - per_adapter(lr * self.weight_decay))
+        p.copy_(torch.where(on, decayed - update, p))
         return norms
 
     @torch.no_grad()
     def zero_grad(self, stepped: torch.Tensor | None = None) -> None:
         """Clear the gradients of the adapters in ``stepped`` ([K] bool; default all); the others keep theirs
-        (gradient accumulation between their boundaries)."""
-        for p in self.params:
-            if stepped is None or p.grad is None:
-                p.grad = None
-            else:
-                p.grad.mul_(~self._per_adapter(stepped, p).bool())
+        (gradient accumulation between their boundaries). The gradients stay views of the flat buffer."""
+        self._gather_grads()
+        if stepped is None:
+            self.grads.zero_()
+        else:
+            self.grads.mul_(~stepped[:, None])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps.clone(), "exp_avg": [t.clone() for t in self.exp_avg], "exp_avg_sq": [t.clone() for t in self.exp_avg_sq]}
+        return {"steps": self.steps.clone(), "exp_avg": self.exp_avg.clone(), "exp_avg_sq": self.exp_avg_sq.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps.copy_(state["steps"])
-        for mine, saved in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]):
-            mine.copy_(saved)
+        self.exp_avg.copy_(state["exp_avg"])
+        self.exp_avg_sq.copy_(state["exp_avg_sq"])

@@ -82,6 +82,7 @@ class TrainSettings:
     gpus: int = 0
     adapters_per_job: int = 1
     max_grad_norm: float = 1.0  # per adapter, as transformers' Trainer clips by default
+    bucket_tokens: int = 1  # the packed stream's length is rounded up to a multiple of this (static shapes on GPUs)
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> TrainSettings:
@@ -363,7 +364,7 @@ def train_adapters(
     bar = tqdm(total=total_steps, initial=start, desc=f"train adapters {adapters[0]}-{adapters[-1]}", unit="step", mininterval=1.0)
     for step in range(start, total_steps):
         active = [i for i, stream in enumerate(streams) if step < len(stream)]
-        batch = pack([examples[i][streams[i][step]] for i in active], pad_id, device, adapters=active)
+        batch = pack([examples[i][streams[i][step]] for i in active], pad_id, device, settings.bucket_tokens, adapters=active)
         with lora.tokens(batch.token_adapter):  # through the backward too: gradient checkpointing reruns the forward there
             hidden = body(input_ids=batch.input_ids, position_ids=batch.position_ids, **batch.attention_kwargs()).last_hidden_state
             row_loss = row_losses(head(hidden[0, batch.label_at]), batch)
@@ -410,11 +411,13 @@ def _optimizer_step(optimizer: Any, stepping: Sequence[int], schedules: Sequence
     keep theirs (they accumulate or sit out)."""
     import torch
 
+    from .packing import to_device
+
     k = len(optimizer_steps)
     on = [i in set(stepping) for i in range(k)]
     lrs = [learning_rate * schedules[i][optimizer_steps[i]] if on[i] else 0.0 for i in range(k)]
-    mask = None if all(on) else torch.tensor(on, dtype=torch.bool).to(device, non_blocking=True)
-    optimizer.step(torch.tensor(lrs, dtype=torch.float64).to(device, non_blocking=True), mask)
+    mask = None if all(on) else to_device(on, torch.bool, device)
+    optimizer.step(to_device(lrs, torch.float64, device), mask)
     optimizer.zero_grad(mask)
     for i in stepping:
         optimizer_steps[i] += 1

@@ -84,10 +84,10 @@ def body_and_head_params(base: Path) -> tuple[int, int]:
     return layers * (attn + mlp), config["vocab_size"] * h
 
 
-def settings_for(on_gpu: bool, steps: int) -> TrainSettings:
+def settings_for(on_gpu: bool, steps: int, bucket: int = 1) -> TrainSettings:
     return TrainSettings(epochs=1, batch_size=1, grad_accum=1, learning_rate=1e-4, max_len=2048, save_steps=10**6,
                          logging_steps=20, dtype="bfloat16" if on_gpu else "float32", gpus=1 if on_gpu else 0, threads=4,
-                         lora_dropout=0.05)
+                         lora_dropout=0.05, bucket_tokens=bucket)
 
 
 class Profiled(Clock):
@@ -115,19 +115,21 @@ class Profiled(Clock):
             events = self.profiler.key_averages()
             key = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
             self.table = events.table(sort_by=key, row_limit=12, max_name_column_width=60)
+            self.table += "\n" + events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60)
             self.gpu_busy_ms = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / 1e3 / 10
             self.profiler = None
 
 
-def run_multi(base: Path, subsets: dict[int, Path], workdir: Path, steps: int, peak: float, profile: bool = False) -> dict[str, Any]:
+def run_multi(base: Path, subsets: dict[int, Path], workdir: Path, steps: int, peak: float, profile: bool = False,
+              bucket: int = 1) -> dict[str, Any]:
     on_gpu = torch.cuda.is_available()
     if on_gpu:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     clock = Profiled() if profile else Clock()
     tag = f"k{len(subsets)}-{time.time_ns()}"
-    train_adapters(base, subsets, {k: workdir / tag / str(k) for k in subsets}, workdir / f"ckpt-{tag}", settings_for(on_gpu, steps), on_step=clock)
-    result = summarize(clock, base, peak, len(subsets))
+    train_adapters(base, subsets, {k: workdir / tag / str(k) for k in subsets}, workdir / f"ckpt-{tag}", settings_for(on_gpu, steps, bucket), on_step=clock)
+    result = {**summarize(clock, base, peak, len(subsets)), "bucket_tokens": bucket}
     if profile:
         print(f"--- profile, K={len(subsets)}, steps 11-20: {clock.wall_ms:.1f} ms per step, GPU busy {clock.gpu_busy_ms:.1f} ms per step\n{clock.table}", flush=True)
         result.update(profiled_step_ms=clock.wall_ms, gpu_busy_ms_per_step=clock.gpu_busy_ms)
@@ -195,6 +197,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--profile", action="store_true", help="torch.profiler over 10 steps of each K: top kernels and GPU busy time")
     parser.add_argument("--no-baseline", action="store_true", help="skip the Trainer + peft reference")
+    parser.add_argument("--buckets", nargs="+", type=int, default=[128], help="train.bucket_tokens values to run each K with")
     parser.add_argument("--quantize", choices=("none", "gptq-int4"), default="none", help="train over a GPTQ-Int4 copy of each shape")
     args = parser.parse_args()
     lengths = json.loads(LENGTHS.read_text())["lengths"]
@@ -228,10 +231,10 @@ def main() -> None:
                     emit({**common, **trainer_baseline(base, subsets[0], work, args.steps, peak)})
                 except Exception as err:  # noqa: BLE001 - a failing case must not lose the others
                     emit({**common, "path": "trainer+peft (before)", "error": f"{type(err).__name__}: {err}"[:1000]})
-            for k in args.ks:
+            for k, bucket in ((k, b) for k in args.ks for b in args.buckets):
                 try:
                     emit({**common, "path": "train_adapters",
-                          **run_multi(base, {i: subsets[i] for i in range(k)}, work, args.steps, peak, args.profile)})
+                          **run_multi(base, {i: subsets[i] for i in range(k)}, work, args.steps, peak, args.profile, bucket)})
                 except torch.OutOfMemoryError:
                     emit({**common, "path": "train_adapters", "K": k, "error": "OOM"})
                 except Exception as err:  # noqa: BLE001
