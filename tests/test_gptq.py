@@ -128,3 +128,29 @@ def test_group_size_must_divide_every_linear_input() -> None:
         check_group_size(TinyShape(hidden_size=128, intermediate_size=320), 128)
     with pytest.raises(ValueError, match="not one of"):
         QuantizeSettings.split({"quantize": "awq"})
+
+
+def test_frozen_forward_gives_the_kernels_training_numbers_without_keeping_the_weight(gptq: dict[str, Path]) -> None:
+    """Issue 19, point 5: autograd keeps no dequantized weight of a GPTQ linear; outputs and input gradients unchanged."""
+    from logivote.frozen_gptq import frozen_forward, is_gptq
+    from logivote.train import load_base
+
+    _, model = load_base(gptq["base"], torch.float32, on_gpu=False)
+    for linear in (model.model.layers[1].self_attn.q_proj, model.model.layers[1].mlp.down_proj):  # with and without bias
+        assert is_gptq(linear)
+        weight_shape = (linear.in_features, linear.out_features)
+        x = torch.randn(2, 5, linear.in_features, requires_grad=True)
+
+        def run(forward: object) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, ...]]]:
+            saved: list[tuple[int, ...]] = []
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+                out = forward(x)  # type: ignore[operator]
+            grad = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum(), x)[0]
+            return out.detach(), grad, saved
+
+        want, want_grad, kernel_saved = run(linear)
+        got, got_grad, ours_saved = run(lambda t: frozen_forward(linear, t))
+        assert weight_shape in kernel_saved  # the kernel's own training path keeps the dequantized weight ...
+        assert weight_shape not in ours_saved  # ... this one does not
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(got_grad, want_grad, rtol=0, atol=1e-6)

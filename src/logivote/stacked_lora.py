@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .frozen_gptq import frozen_forward
+
 
 @dataclass(frozen=True)
 class LoraShape:
@@ -87,7 +89,7 @@ class StackedLoraLinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(k, self.out_features, r, dtype=dtype, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
+        out = frozen_forward(self.base, x)  # a GPTQ base keeps no dequantized weight for the backward
         h = self.dropout(x).to(self.lora_A.dtype).reshape(-1, self.in_features)  # [T, in]
         if self.tokens.single is not None:  # one adapter for every token (checks, inference)
             i = self.tokens.single

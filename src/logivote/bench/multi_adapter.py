@@ -84,10 +84,10 @@ def body_and_head_params(base: Path) -> tuple[int, int]:
     return layers * (attn + mlp), config["vocab_size"] * h
 
 
-def settings_for(on_gpu: bool, steps: int, bucket: int = 1) -> TrainSettings:
+def settings_for(on_gpu: bool, steps: int, bucket: int = 1, gradient_checkpointing: bool = False) -> TrainSettings:
     return TrainSettings(epochs=1, batch_size=1, grad_accum=1, learning_rate=1e-4, max_len=2048, save_steps=10**6,
                          logging_steps=20, dtype="bfloat16" if on_gpu else "float32", gpus=1 if on_gpu else 0, threads=4,
-                         lora_dropout=0.05, bucket_tokens=bucket)
+                         lora_dropout=0.05, bucket_tokens=bucket, gradient_checkpointing=gradient_checkpointing)
 
 
 class Profiled(Clock):
@@ -121,15 +121,16 @@ class Profiled(Clock):
 
 
 def run_multi(base: Path, subsets: dict[int, Path], workdir: Path, steps: int, peak: float, profile: bool = False,
-              bucket: int = 1) -> dict[str, Any]:
+              bucket: int = 1, gradient_checkpointing: bool = False) -> dict[str, Any]:
     on_gpu = torch.cuda.is_available()
     if on_gpu:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     clock = Profiled() if profile else Clock()
     tag = f"k{len(subsets)}-{time.time_ns()}"
-    train_adapters(base, subsets, {k: workdir / tag / str(k) for k in subsets}, workdir / f"ckpt-{tag}", settings_for(on_gpu, steps, bucket), on_step=clock)
-    result = {**summarize(clock, base, peak, len(subsets)), "bucket_tokens": bucket}
+    train_adapters(base, subsets, {k: workdir / tag / str(k) for k in subsets}, workdir / f"ckpt-{tag}", settings_for(on_gpu, steps, bucket, gradient_checkpointing),
+                   on_step=clock)
+    result = {**summarize(clock, base, peak, len(subsets)), "bucket_tokens": bucket, "gradient_checkpointing": gradient_checkpointing}
     if profile:
         print(f"--- profile, K={len(subsets)}, steps 11-20: {clock.wall_ms:.1f} ms per step, GPU busy {clock.gpu_busy_ms:.1f} ms per step\n{clock.table}", flush=True)
         result.update(profiled_step_ms=clock.wall_ms, gpu_busy_ms_per_step=clock.gpu_busy_ms)
@@ -198,7 +199,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="torch.profiler over 10 steps of each K: top kernels and GPU busy time")
     parser.add_argument("--no-baseline", action="store_true", help="skip the Trainer + peft reference")
     parser.add_argument("--buckets", nargs="+", type=int, default=[128], help="train.bucket_tokens values to run each K with")
-    parser.add_argument("--quantize", choices=("none", "gptq-int4"), default="none", help="train over a GPTQ-Int4 copy of each shape")
+    parser.add_argument("--quantize", choices=("none", "gptq-int4", "random-gptq-int4"), default="none",
+                        help="train over a GPTQ-Int4 copy of each shape: calibrated from the float model, or random int4 weights "
+                             "written directly (bench.full_depth.build_random_gptq: no float model, for full depth)")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--work", help="keep the built bases here (reused by a later run) instead of a temporary folder")
     args = parser.parse_args()
     lengths = json.loads(LENGTHS.read_text())["lengths"]
     peak = measured_peak_tflops()
@@ -211,16 +216,28 @@ def main() -> None:
             handle.write(line + "\n")
 
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(args.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for shape in args.shapes:
             base = work / f"base-{shape}"
-            build_tiny_model([q["problem"] + q["question"] for q in padded_questions(64, 400, 1.0)], base, SHAPES[shape])
+            texts = [q["problem"] + q["question"] for q in padded_questions(64, 400, 1.0)]
+            if args.quantize == "random-gptq-int4":
+                from .full_depth import build_random_gptq
+
+                started = time.perf_counter()
+                base = build_random_gptq(work / f"base-{shape}-random-gptq", texts, SHAPES[shape],
+                                         device="cuda" if torch.cuda.is_available() else "cpu")
+                built_s = time.perf_counter() - started
+            else:
+                build_tiny_model(texts, base, SHAPES[shape])
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(base)
             subsets = {k: work / f"{shape}-subset-{k}.jsonl" for k in range(max(args.ks))}
             drawn = [t for k, path in subsets.items() for t in synthetic_subset(path, args.steps, k, tokenizer, lengths)]
             common = {"shape": shape, "steps": args.steps, "mean_target_tokens": sum(drawn) / len(drawn)}
+            if args.quantize == "random-gptq-int4":
+                common.update(quantize="random-gptq-int4", build_s=built_s)
             if args.quantize == "gptq-int4":
                 from .train_gpu import quantized_base
 
@@ -234,7 +251,8 @@ def main() -> None:
             for k, bucket in ((k, b) for k in args.ks for b in args.buckets):
                 try:
                     emit({**common, "path": "train_adapters",
-                          **run_multi(base, {i: subsets[i] for i in range(k)}, work, args.steps, peak, args.profile, bucket)})
+                          **run_multi(base, {i: subsets[i] for i in range(k)}, work, args.steps, peak, args.profile, bucket,
+                                      args.gradient_checkpointing)})
                 except torch.OutOfMemoryError:
                     emit({**common, "path": "train_adapters", "K": k, "error": "OOM"})
                 except Exception as err:  # noqa: BLE001
