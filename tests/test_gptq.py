@@ -154,3 +154,16 @@ def test_frozen_forward_gives_the_kernels_training_numbers_without_keeping_the_w
         assert weight_shape not in ours_saved  # ... this one does not
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
         torch.testing.assert_close(got_grad, want_grad, rtol=0, atol=1e-6)
+
+
+def test_frozen_forward_keeps_the_compute_dtype_with_a_half_precision_bias(gptq: dict[str, Path]) -> None:
+    """Seen on the H200: a bf16 model over an fp16-biased GPTQ checkpoint; bf16 + fp16 promotes to float32."""
+    from logivote.frozen_gptq import frozen_forward
+    from logivote.train import load_base
+
+    _, model = load_base(gptq["base"], torch.float32, on_gpu=False)
+    linear = model.model.layers[0].self_attn.k_proj
+    assert linear.bias is not None
+    linear.bias.data = linear.bias.data.half()
+    x = torch.randn(3, linear.in_features, dtype=torch.bfloat16, requires_grad=True)
+    assert frozen_forward(linear, x).dtype == torch.bfloat16

@@ -44,5 +44,5 @@ def frozen_forward(module: Any, x: torch.Tensor) -> torch.Tensor:
         return module(x)
     out = _Int4MatMul.apply(x.reshape(-1, x.shape[-1]), module)
     if module.bias is not None:
-        out = out + module.bias
+        out.add_(module.bias)  # in place, as the kernel does: an fp16 bias must not promote a bf16 output to float32
     return out.reshape(*x.shape[:-1], module.out_features)

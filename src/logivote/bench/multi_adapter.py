@@ -27,6 +27,7 @@ import json
 import random
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +257,7 @@ def main() -> None:
                 except torch.OutOfMemoryError:
                     emit({**common, "path": "train_adapters", "K": k, "error": "OOM"})
                 except Exception as err:  # noqa: BLE001
+                    traceback.print_exc()
                     emit({**common, "path": "train_adapters", "K": k, "error": f"{type(err).__name__}: {err}"[:1000]})
 
 
