@@ -89,7 +89,9 @@ class StackedLoraLinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(k, self.out_features, r, dtype=dtype, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = frozen_forward(self.base, x)  # a GPTQ base keeps no dequantized weight for the backward
+        # on a GPU a GPTQ base keeps no dequantized weight for the backward; on CPU memory is not the limit, and the
+        # second dequantization in backward would cost the 2-core default 5 % of its training time (measured)
+        out = frozen_forward(self.base, x) if x.is_cuda else self.base(x)
         h = self.dropout(x).to(self.lora_A.dtype).reshape(-1, self.in_features)  # [T, in]
         if self.tokens.single is not None:  # one adapter for every token (checks, inference)
             i = self.tokens.single
