@@ -11,7 +11,7 @@ nothing reads. Logits are computed only at ``label_at``: the hidden state before
 :func:`packed_attention` is registered with transformers as the attention implementation ``"packed"``
 (:func:`use_packed_attention`). It gets the boundaries through the model's keyword arguments (passed
 down to every attention layer) and attends causally within each sequence: one variable-length
-FlashAttention call on CUDA (``torch.nn.attention.varlen``), one ``scaled_dot_product_attention`` per row
+FlashAttention call on an Ampere or newer GPU (``torch.nn.attention.varlen``), one ``scaled_dot_product_attention`` per row
 elsewhere; transformers builds no mask for it, so nothing syncs with the device. (transformers can also
 infer a block-diagonal mask from ``position_ids`` alone, but that materialises a ``[T, T]`` mask,
 costs a device sync, and attends over the whole stream on CPU: many times the per-row work at K = 11.)
@@ -144,6 +144,13 @@ def _varlen() -> Any:
 
 
 @functools.cache
+def _capability(device: Any) -> tuple[int, int]:
+    import torch
+
+    return tuple(torch.cuda.get_device_capability(device))  # type: ignore[return-value]
+
+
+@functools.cache
 def _parameters(function: Any) -> frozenset[str]:
     return frozenset(inspect.signature(function).parameters)
 
@@ -167,7 +174,8 @@ def packed_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
         return out.transpose(1, 2), None
     if query.shape[0] != 1:
         raise ValueError(f"a packed stream is one batch row, got {query.shape[0]}")
-    varlen = _varlen() if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) else None
+    flash = query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and _capability(query.device) >= (8, 0)
+    varlen = _varlen() if flash else None  # FlashAttention needs an Ampere or newer GPU: a V100 attends row by row
     if varlen is not None:
         q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, H, D]
         options = {"window_size": (-1, 0)} if "window_size" in _parameters(varlen) else {"is_causal": True}  # the torch of 2026 / 2.9
