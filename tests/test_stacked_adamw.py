@@ -12,7 +12,10 @@ K = 3
 SHAPES = [(K, 4, 6), (K, 5, 4)]
 
 
-def test_stacked_step_equals_k_separate_adamw_with_clipping_and_masks() -> None:
+@pytest.mark.parametrize("chunk", [None, 5])  # the flat buffer updated in one piece, or in blocks of 5 elements
+def test_stacked_step_equals_k_separate_adamw_with_clipping_and_masks(chunk: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    if chunk is not None:
+        monkeypatch.setattr("logivote.stacked_adamw.CHUNK_ELEMENTS", chunk)
     torch.manual_seed(0)
     stacked = [torch.nn.Parameter(torch.randn(s, dtype=torch.float64)) for s in SHAPES]
     separate = [[torch.nn.Parameter(p.detach()[k].clone()) for p in stacked] for k in range(K)]

@@ -23,6 +23,7 @@ attention's own FLOPs and LoRA's are left out, so the share is a lower bound.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import tempfile
@@ -124,6 +125,7 @@ class Profiled(Clock):
 def run_multi(base: Path, subsets: dict[int, Path], workdir: Path, steps: int, peak: float, profile: bool = False,
               bucket: int = 1, gradient_checkpointing: bool = False) -> dict[str, Any]:
     on_gpu = torch.cuda.is_available()
+    gc.collect()  # the previous case's model (reference cycles) must not count in this one's peak memory
     if on_gpu:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
