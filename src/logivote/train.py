@@ -413,8 +413,8 @@ def _optimizer_step(optimizer: Any, stepping: Sequence[int], schedules: Sequence
 
     from .packing import to_device
 
-    k = len(optimizer_steps)
-    on = [i in set(stepping) for i in range(k)]
+    k, chosen = len(optimizer_steps), set(stepping)
+    on = [i in chosen for i in range(k)]
     lrs = [learning_rate * schedules[i][optimizer_steps[i]] if on[i] else 0.0 for i in range(k)]
     mask = None if all(on) else to_device(on, torch.bool, device)
     optimizer.step(to_device(lrs, torch.float64, device), mask)
