@@ -66,8 +66,10 @@ class StackedAdamW:
         """Each adapter's gradient norm over all its parameters ([K]; float64 for float64 weights, else float32)."""
         self._gather_grads()
         dtype = torch.float64 if self.grads.dtype == torch.float64 else torch.float32
-        squares = [torch.linalg.vector_norm(g, dim=1, dtype=dtype).square() for g in self._chunks(self.grads)]
-        return torch.stack(squares).sum(0).sqrt()
+        chunks = self._chunks(self.grads)
+        if len(chunks) == 1:
+            return torch.linalg.vector_norm(self.grads, dim=1, dtype=dtype)
+        return torch.stack([torch.linalg.vector_norm(g, dim=1, dtype=dtype).square() for g in chunks]).sum(0).sqrt()
 
     def _chunks(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Column blocks of a flat ``[K, N]`` buffer: a step's temporaries are one block's size, not the buffer's."""
