@@ -43,8 +43,7 @@ def test_pack_lays_rows_end_to_end_with_their_own_positions() -> None:
     assert batch.input_ids[0, :12].tolist() == sum((r["input_ids"] for r in rows), [])
     assert batch.input_ids[0, 12:].tolist() == [PAD] * 4
     assert batch.position_ids[0].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 3]
-    assert batch.token_row.tolist() == [0] * 5 + [1] * 3 + [2] * 4 + [-1] * 4
-    assert batch.token_adapter.tolist() == batch.token_row.tolist()
+    assert batch.token_adapter.tolist() == [0] * 5 + [1] * 3 + [2] * 4 + [-1] * 4  # adapters default to the rows
     assert pack(rows, PAD, "cpu", 8, adapters=[4, 0, 2]).token_adapter.tolist() == [4] * 5 + [0] * 3 + [2] * 4 + [-1] * 4
     assert batch.cu_seq_lens.tolist() == [0, 5, 8, 12, 16] and batch.seq_lengths == (5, 3, 4, 4)
     assert batch.label_at.tolist() == [2, 3, 5, 6, 9, 10]  # the token before each labelled one

@@ -32,7 +32,6 @@ from typing import Any
 class PackedBatch:
     input_ids: Any      # [1, T] long
     position_ids: Any   # [1, T] long: each row counts from 0; the bucket tail too
-    token_row: Any      # [T] long: the row (0..R-1) of every token, -1 in the bucket tail
     token_adapter: Any  # [T] long: the adapter of every token (``adapters[row]``), -1 in the bucket tail
     cu_seq_lens: Any    # [S+1] int32: where each sequence starts (the rows, then the tail if any), and T
     label_at: Any       # [L] long: the stream position whose hidden state predicts a labelled token
@@ -68,7 +67,7 @@ def pack(examples: Sequence[dict[str, list[int]]], pad_id: int, device: Any, buc
         raise ValueError(f"pack: {len(examples)} rows but {len(adapters)} adapters")
     ids: list[int] = []
     positions: list[int] = []
-    rows: list[int] = []
+    owners: list[int] = []
     label_at: list[int] = []
     label_row: list[int] = []
     targets: list[int] = []
@@ -76,7 +75,7 @@ def pack(examples: Sequence[dict[str, list[int]]], pad_id: int, device: Any, buc
         start, n = len(ids), len(example["input_ids"])
         ids.extend(example["input_ids"])
         positions.extend(range(n))
-        rows.extend([row] * n)
+        owners.extend([adapters[row]] * n)
         for pos, label in enumerate(example["labels"]):
             if label != -100:
                 if pos == 0:
@@ -88,22 +87,19 @@ def pack(examples: Sequence[dict[str, list[int]]], pad_id: int, device: Any, buc
     tail = -real % max(bucket, 1)
     ids.extend([pad_id] * tail)
     positions.extend(range(tail))
-    rows.extend([-1] * tail)
+    owners.extend([-1] * tail)
     lengths = tuple(len(e["input_ids"]) for e in examples)
     seq_lengths = lengths + ((tail,) if tail else ())
-    owner = [*adapters, -1]
 
-    def as_long(xs: list[int], dtype: Any = torch.long) -> Any:
-        return to_device(xs, dtype, device)
+    def as_long(xs: list[int]) -> Any:
+        return to_device(xs, torch.long, device)
 
     counts = Counter(label_row)
-
     return PackedBatch(
         input_ids=as_long(ids).unsqueeze(0),
         position_ids=as_long(positions).unsqueeze(0),
-        token_row=as_long(rows),
-        token_adapter=as_long([owner[r] for r in rows]),
-        cu_seq_lens=as_long([0, *itertools.accumulate(seq_lengths)], torch.int32),
+        token_adapter=as_long(owners),
+        cu_seq_lens=to_device([0, *itertools.accumulate(seq_lengths)], torch.int32, device),
         label_at=as_long(label_at),
         label_row=as_long(label_row),
         targets=as_long(targets),
@@ -134,6 +130,7 @@ def to_device(values: Sequence[Any], dtype: Any, device: Any) -> Any:
     return tensor.to(device, non_blocking=True)
 
 
+@functools.cache
 def _varlen() -> Any:
     """torch's variable-length FlashAttention (``varlen_attn``), or None where this torch lacks it."""
     try:

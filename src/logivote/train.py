@@ -25,8 +25,7 @@ Each adapter is written as a standard peft folder (``adapter_config.json`` +
 ``--lora-modules`` load, under its final name only when complete.
 
 Crash safety: a checkpoint per job goes to ``checkpoint_dir/step-N`` every
-``save_steps`` steps (LoRA weights, optimizer state and step counts, RNG
-states). A rerun resumes from the newest complete one, provided its
+``save_steps`` steps (LoRA weights, optimizer state, RNG states). A rerun resumes from the newest complete one, provided its
 fingerprint (settings, subsets, base model) matches; a stale checkpoint folder
 is wiped. On CPU a resumed job ends with the same adapters as an
 uninterrupted one (``tests/test_train.py``).
@@ -242,15 +241,13 @@ def lr_factors(scheduler: str, warmup_steps: int, optimizer_steps: int) -> tuple
     return tuple(factors)
 
 
-def _save_checkpoint(checkpoint_dir: Path, step: int, lora: Any, optimizer: Any, optimizer_steps: Sequence[int],
-                     losses: Sequence[list[float]]) -> None:
+def _save_checkpoint(checkpoint_dir: Path, step: int, lora: Any, optimizer: Any, losses: Sequence[list[float]]) -> None:
     import torch
 
     state = {
         "step": step,
         "lora": [lora.state(i) for i in range(lora.k)],
         "optimizer": optimizer.state_dict(),
-        "optimizer_steps": list(optimizer_steps),
         "losses": [list(x) for x in losses],
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
@@ -338,7 +335,6 @@ def train_adapters(
     optimizer = StackedAdamW(lora.parameters(), len(adapters), betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                              max_grad_norm=settings.max_grad_norm)
     schedules = [lr_factors(settings.lr_scheduler, settings.warmup_steps, math.ceil(len(s) / settings.grad_accum)) for s in streams]
-    optimizer_steps = [0] * len(adapters)
     losses: list[list[float]] = [[] for _ in adapters]
     ckpt = Path(checkpoint_dir)
     start = 0
@@ -347,7 +343,7 @@ def train_adapters(
         for i in range(len(adapters)):
             lora.load_state(i, state["lora"][i])
         optimizer.load_state_dict(state["optimizer"])
-        optimizer_steps, losses = state["optimizer_steps"], state["losses"]
+        losses = state["losses"]
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -372,7 +368,7 @@ def train_adapters(
         loss_log.add(step, active, row_loss)
         stepping = [i for i in active if (step + 1) % settings.grad_accum == 0 or step + 1 == len(streams[i])]
         if stepping:
-            _optimizer_step(optimizer, stepping, schedules, optimizer_steps, settings.learning_rate, device)
+            _optimizer_step(optimizer, stepping, schedules, step // settings.grad_accum, settings.learning_rate, device)
         real, padded = real + batch.real_tokens, padded + batch.total_tokens - batch.real_tokens
         bar.update(1)
         if (step + 1) % settings.logging_steps == 0 or step + 1 == total_steps:
@@ -385,7 +381,7 @@ def train_adapters(
                               batch.real_tokens, batch.total_tokens - batch.real_tokens))
         if (step + 1) % settings.save_steps == 0 and step + 1 < total_steps:
             loss_log.flush(total_steps)
-            _save_checkpoint(ckpt, step + 1, lora, optimizer, optimizer_steps, losses)
+            _save_checkpoint(ckpt, step + 1, lora, optimizer, losses)
     bar.close()
     elapsed = time.perf_counter() - began
     log.info("training done: %d steps in %.1f s; %d real tokens, %.1f %% of the streams' tokens were bucket padding",
@@ -405,22 +401,21 @@ def train_adapters(
     return lora
 
 
-def _optimizer_step(optimizer: Any, stepping: Sequence[int], schedules: Sequence[Sequence[float]], optimizer_steps: list[int],
+def _optimizer_step(optimizer: Any, stepping: Sequence[int], schedules: Sequence[Sequence[float]], done: int,
                     learning_rate: float, device: Any) -> None:
     """Step the adapters ``stepping`` (each at its own schedule's rate), then clear their gradients; the others
-    keep theirs (they accumulate or sit out)."""
+    keep theirs (they accumulate or sit out). ``done``: the optimizer steps each of them has taken, ``step //
+    grad_accum`` for every adapter still in its stream (its last, possibly short, window ends its stream)."""
     import torch
 
     from .packing import to_device
 
-    k, chosen = len(optimizer_steps), set(stepping)
-    on = [i in chosen for i in range(k)]
-    lrs = [learning_rate * schedules[i][optimizer_steps[i]] if on[i] else 0.0 for i in range(k)]
+    chosen = set(stepping)
+    on = [i in chosen for i in range(len(schedules))]
+    lrs = [learning_rate * schedule[done] if stepped else 0.0 for schedule, stepped in zip(schedules, on)]
     mask = None if all(on) else to_device(on, torch.bool, device)
     optimizer.step(to_device(lrs, torch.float64, device), mask)
     optimizer.zero_grad(mask)
-    for i in stepping:
-        optimizer_steps[i] += 1
 
 
 def _log_setup(model: Any, lora: Any, adapters: Sequence[int], on_gpu: bool) -> None:

@@ -125,7 +125,8 @@ class Profiled(Clock):
 def run_multi(base: Path, subsets: dict[int, Path], workdir: Path, steps: int, peak: float, profile: bool = False,
               bucket: int = 1, gradient_checkpointing: bool = False) -> dict[str, Any]:
     on_gpu = torch.cuda.is_available()
-    gc.collect()  # the previous case's model (reference cycles) must not count in this one's peak memory
+    gc.collect()  # frees the previous case's model where nothing else holds it (gptqmodel does: peak memory is then
+    # right only for a process's first case; README)
     if on_gpu:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

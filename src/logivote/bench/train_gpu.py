@@ -23,6 +23,8 @@ from logivote.sample_data import make_puzzles
 from logivote.tiny_model import TinyShape, build_tiny_model
 from logivote.train import StepStats, TrainSettings, train_adapter
 
+from .full_depth import QWEN32B
+
 SHAPES = {
     # the embedded default's shape: a smoke test of this script on a CPU
     "tiny": TinyShape(),
@@ -33,8 +35,7 @@ SHAPES = {
     "qwen32b-8layers": TinyShape(vocab_size=152064, hidden_size=5120, intermediate_size=27648, num_hidden_layers=8,
                                  num_attention_heads=40, num_key_value_heads=8, max_position_embeddings=32768, dtype="bfloat16"),
     # Qwen2.5-32B-Instruct's shape, all 64 layers (only as a random GPTQ-Int4 checkpoint: bench.full_depth.build_random_gptq)
-    "qwen32b": TinyShape(vocab_size=152064, hidden_size=5120, intermediate_size=27648, num_hidden_layers=64,
-                         num_attention_heads=40, num_key_value_heads=8, max_position_embeddings=32768, dtype="bfloat16"),
+    "qwen32b": QWEN32B,
     # Qwen2.5-32B-Instruct's shape, 4 of its 64 layers
     "qwen32b-4layers": TinyShape(vocab_size=152064, hidden_size=5120, intermediate_size=27648, num_hidden_layers=4,
                                  num_attention_heads=40, num_key_value_heads=8, max_position_embeddings=32768, dtype="bfloat16"),
