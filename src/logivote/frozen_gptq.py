@@ -7,7 +7,17 @@ backward: at full depth, a bf16 copy of the whole base on top of its int4 one. :
 computes the same product through a small autograd function that saves nothing of the weight and
 dequantizes again in backward (the weight is frozen: only the input's gradient is needed). The
 numbers are the module's own training path's; only the memory differs, at the price of one more
-dequantization per linear per step (two with gradient checkpointing's recompute).
+dequantization per linear per step.
+
+Under gradient checkpointing each decoder layer runs its forward twice, the second time in backward
+just before the layer's gradients. There the weight is worth keeping: ``keep_weight`` saves the
+dequantized weight for the backward, which the checkpoint drops after the first forward and holds from
+the recompute to the layer's backward only, one layer's weights at a time. A linear then dequantizes
+twice per step instead of three times. Without checkpointing ``keep_weight`` would keep the whole base
+in bf16, so it is only for checkpointed layers.
+
+Where :mod:`logivote.gptq_dequant` supports the module (a GPU, consecutive groups), the weight comes
+from its one-pass kernel, with the same bits as gptqmodel's torch path.
 """
 
 from __future__ import annotations
@@ -15,6 +25,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from . import gptq_dequant
 
 
 def is_gptq(module: Any) -> bool:
@@ -24,25 +36,32 @@ def is_gptq(module: Any) -> bool:
 
 def _weight(module: Any, dtype: torch.dtype) -> torch.Tensor:
     """``W^T`` as ``[in, out]`` in ``dtype``, as gptqmodel's training path builds it."""
+    if gptq_dequant.supports(module):
+        return gptq_dequant.dequantize(module, dtype)
     return module.dequantize_weight(num_itr=module.g_idx.shape[0] // module.in_features).to(dtype)
 
 
 class _Int4MatMul(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, module: Any) -> torch.Tensor:  # type: ignore[override]
-        ctx.module = module
-        return x @ _weight(module, x.dtype)
+    def forward(ctx: Any, x: torch.Tensor, module: Any, keep_weight: bool) -> torch.Tensor:  # type: ignore[override]
+        weight = _weight(module, x.dtype)
+        ctx.module, ctx.keep_weight = module, keep_weight
+        if keep_weight:
+            ctx.save_for_backward(weight)
+        return x @ weight
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        return grad @ _weight(ctx.module, grad.dtype).t(), None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        weight = ctx.saved_tensors[0] if ctx.keep_weight else _weight(ctx.module, grad.dtype)
+        return grad @ weight.t(), None, None
 
 
-def frozen_forward(module: Any, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``; for a GPTQ linear while autograd records, without keeping its dequantized weight."""
-    if not (is_gptq(module) and torch.is_grad_enabled()):
+def frozen_forward(module: Any, x: torch.Tensor, keep_weight: bool = False) -> torch.Tensor:
+    """``module(x)``; for a GPTQ linear while autograd records, without keeping its dequantized weight
+    (``keep_weight``: keep it for the backward; only inside a checkpointed layer, see the module docstring)."""
+    if not (is_gptq(module) and (torch.is_grad_enabled() or gptq_dequant.supports(module))):
         return module(x)
-    out = _Int4MatMul.apply(x.reshape(-1, x.shape[-1]), module)
+    out = _Int4MatMul.apply(x.reshape(-1, x.shape[-1]), module, keep_weight)
     if module.bias is not None:
         out.add_(module.bias)  # in place, as the kernel does: an fp16 bias must not promote a bf16 output to float32
     return out.reshape(*x.shape[:-1], module.out_features)

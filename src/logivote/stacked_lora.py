@@ -84,6 +84,7 @@ class StackedLoraLinear(nn.Module):
         self.in_features, self.out_features = int(base.in_features), int(base.out_features)
         self.k, self.r, self.scale = k, r, scale
         self.tokens = tokens
+        self.keep_weight = False  # see StackedLora's keep_dequantized
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.lora_A = nn.Parameter(torch.zeros(k, r, self.in_features, dtype=dtype, device=device))
         self.lora_B = nn.Parameter(torch.zeros(k, self.out_features, r, dtype=dtype, device=device))
@@ -91,7 +92,7 @@ class StackedLoraLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # on a GPU a GPTQ base keeps no dequantized weight for the backward; on CPU memory is not the limit, and the
         # second dequantization in backward would cost the 2-core default 5 % of its training time (measured)
-        out = frozen_forward(self.base, x) if x.is_cuda else self.base(x)
+        out = frozen_forward(self.base, x, self.keep_weight) if x.is_cuda else self.base(x)
         h = self.dropout(x).to(self.lora_A.dtype).reshape(-1, self.in_features)  # [T, in]
         if self.tokens.single is not None:  # one adapter for every token (checks, inference)
             i = self.tokens.single
@@ -116,7 +117,10 @@ def _seed(seed: int, name: str) -> int:
 class StackedLora:
     """K adapters attached to ``model``'s target linears; ``with lora.tokens(ids):`` runs a packed stream through them."""
 
-    def __init__(self, model: nn.Module, k: int, shape: LoraShape, seeds: Sequence[int], dtype: torch.dtype) -> None:
+    def __init__(self, model: nn.Module, k: int, shape: LoraShape, seeds: Sequence[int], dtype: torch.dtype,
+                 keep_dequantized: bool = False) -> None:
+        """``keep_dequantized``: the model's decoder layers are checkpointed, so a GPTQ base's dequantized weights
+        may be kept from a layer's recompute to its backward (:func:`logivote.frozen_gptq.frozen_forward`)."""
         if len(seeds) != k:
             raise ValueError(f"{k} adapters need {k} seeds, got {len(seeds)}")
         self.model, self.k, self.shape = model, k, shape
@@ -129,6 +133,7 @@ class StackedLora:
             parent_name, child = name.rsplit(".", 1)
             device = next((t.device for t in [*module.parameters(), *module.buffers()]), torch.device("cpu"))
             wrapped = StackedLoraLinear(module, k, shape.r, shape.scale, shape.dropout, self.token_adapters, dtype, device)
+            wrapped.keep_weight = keep_dequantized
             setattr(model.get_submodule(parent_name), child, wrapped)
             self.layers[name] = wrapped
         for adapter, seed in enumerate(seeds):

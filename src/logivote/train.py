@@ -328,7 +328,8 @@ def train_adapters(
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     shape = LoraShape(settings.lora_r, settings.lora_alpha, settings.lora_dropout, tuple(settings.target_modules))
-    lora = StackedLora(model, len(adapters), shape, seeds=[settings.seed] * len(adapters), dtype=dtype)
+    lora = StackedLora(model, len(adapters), shape, seeds=[settings.seed] * len(adapters), dtype=dtype,
+                       keep_dequantized=settings.gradient_checkpointing)
     model.train()
     _log_setup(model, lora, adapters, on_gpu)
 

@@ -116,7 +116,7 @@ class Profiled(Clock):
             self.profiler.__exit__(None, None, None)
             events = self.profiler.key_averages()
             key = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-            self.table = events.table(sort_by=key, row_limit=12, max_name_column_width=60)
+            self.table = events.table(sort_by=key, row_limit=25, max_name_column_width=60)
             self.table += "\n" + events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60)
             self.gpu_busy_ms = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / 1e3 / 10
             self.profiler = None
