@@ -7,17 +7,18 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
+from logivote import stacked_lora  # noqa: E402
 from logivote.stacked_lora import StackedLoraLinear, TokenAdapters  # noqa: E402
 
 K, R, IN, OUT, SCALE = 3, 4, 24, 20, 2.0
 
 
-def layer() -> tuple[StackedLoraLinear, TokenAdapters, list[nn.Parameter], list[nn.Parameter]]:
+def layer(dtype: torch.dtype = torch.float64) -> tuple[StackedLoraLinear, TokenAdapters, list[nn.Parameter], list[nn.Parameter]]:
     """The stacked layer, and every adapter's A and B as separate parameters with the same values (the reference)."""
     torch.manual_seed(0)
-    base = nn.Linear(IN, OUT, dtype=torch.float64).requires_grad_(False)
+    base = nn.Linear(IN, OUT, dtype=dtype).requires_grad_(False)
     tokens = TokenAdapters()
-    new = StackedLoraLinear(base, K, R, SCALE, 0.0, tokens, torch.float64, "cpu")
+    new = StackedLoraLinear(base, K, R, SCALE, 0.0, tokens, dtype, "cpu")
     with torch.no_grad():
         new.lora_A.normal_()
         new.lora_B.normal_()
@@ -62,3 +63,35 @@ def test_a_token_count_that_does_not_match_fails() -> None:
     tokens.set(torch.tensor([0, 1]), K)
     with pytest.raises(RuntimeError, match="3 tokens but 2 token adapters"):
         new(torch.randn(1, 3, IN, dtype=torch.float64))
+
+
+@pytest.mark.skipif(stacked_lora._grouped_mm() is None, reason="this torch has no grouped_mm")
+@pytest.mark.parametrize("runs", [((0, 7), (2, 5)), ((2, 5), (0, 7))], ids=["adapter-order", "out-of-order"])
+def test_grouped_gemms_give_the_one_hot_paths_outputs_and_gradients(runs: tuple[tuple[int, int], ...],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs in adapter order go through two grouped GEMMs (each token only its own adapter's r columns), with
+    adapter 1 empty and the bucket tail in the last run; runs out of order keep the one-hot GEMMs. float32: the
+    precision grouped_mm has on CPU."""
+    results = {}
+    for path in ("onehot", "grouped"):
+        monkeypatch.setattr(stacked_lora, "LORA_GEMM", path)
+        new, tokens, _, _ = layer(torch.float32)
+        stream = torch.randn(1, 12 + 4, IN, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        tokens.set(torch.tensor([a for a, n in runs for _ in range(n)] + [-1] * 4), K, runs=runs)
+        assert (tokens.ends(stream.device) is not None) == (runs[0][0] == 0)
+        got = new(stream)[0]
+        weights = torch.randn(got.shape, generator=torch.Generator().manual_seed(2))
+        weights[12:] = 0  # the tail feeds no loss
+        (got * weights).sum().backward()
+        results[path] = (got[:12].detach(), new.lora_A.grad, new.lora_B.grad, stream.grad)
+    for want, got in zip(results["onehot"], results["grouped"]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert results["grouped"][1][1].abs().max() == 0 and results["grouped"][1][0].abs().max() > 0  # adapter 1: no tokens
+
+
+def test_adapter_ends_follow_the_runs_and_give_the_tail_to_the_last_adapter() -> None:
+    assert stacked_lora._adapter_ends([(0, 7), (2, 5)], 4, 16) == [7, 7, 12, 16]
+    assert stacked_lora._adapter_ends([(1, 3)], 2, 3) == [0, 3]
+    assert stacked_lora._adapter_ends([(2, 5), (0, 7)], 3, 12) is None  # not in adapter order
+    assert stacked_lora._adapter_ends([(0, 5), (0, 7)], 3, 12) is None  # one adapter twice
+    assert stacked_lora._adapter_ends([(3, 5)], 3, 5) is None  # no such adapter

@@ -226,10 +226,41 @@ def test_killed_training_resumes_to_the_same_adapters(tiny: dict[str, Path], tmp
 
 def test_gradient_checkpointing_gives_the_same_adapters(tiny: dict[str, Path], tmp_path: Path) -> None:
     bags = subsets(tiny, {5: 0.1, 6: 0.1})
-    for name, settings in (("plain", EXACT), ("ckpt", replace(EXACT, gradient_checkpointing=True))):
+    runs = (("plain", EXACT), ("ckpt", replace(EXACT, gradient_checkpointing=True)),
+            ("selective", replace(EXACT, gradient_checkpointing="selective")))
+    for name, settings in runs:
         train_adapters(tiny["base"], bags, {k: tmp_path / name / str(k) for k in bags}, tmp_path / f"c-{name}", settings)
     for k in bags:
         assert_same_adapters(tmp_path / "plain" / str(k), tmp_path / "ckpt" / str(k), atol=1e-9)
+        assert_same_adapters(tmp_path / "plain" / str(k), tmp_path / "selective" / str(k), atol=1e-9)
+
+
+def test_grouped_adapters_run_before_the_base_so_the_recompute_skips_the_last_linear(
+        tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grouped-GEMM path (Hopper GPUs; forced here, float32 with dropout) under full checkpointing: the same
+    adapters as without checkpointing, and the backward's recompute runs every base linear again but down_proj."""
+    from logivote import stacked_lora
+
+    monkeypatch.setattr(stacked_lora, "LORA_GEMM", "grouped")
+    calls: dict[str, int] = {}
+    frozen_forward = stacked_lora.frozen_forward
+
+    def counted(module: torch.nn.Module, x: torch.Tensor, keep_weight: bool = False) -> torch.Tensor:
+        name = "down" if module.in_features == TinyShape().intermediate_size else "other"  # only down_proj's input is that wide
+        calls[name] = calls.get(name, 0) + 1
+        return frozen_forward(module, x, keep_weight)
+
+    monkeypatch.setattr(stacked_lora, "frozen_forward", counted)
+    bags = subsets(tiny, {5: 0.1, 6: 0.1})
+    counts = {}
+    for name, settings in (("plain", SETTINGS), ("ckpt", replace(SETTINGS, gradient_checkpointing=True))):
+        calls.clear()
+        train_adapters(tiny["base"], bags, {k: tmp_path / name / str(k) for k in bags}, tmp_path / f"c-{name}", settings)
+        counts[name] = dict(calls)
+    for k in bags:
+        assert_same_adapters(tmp_path / "plain" / str(k), tmp_path / "ckpt" / str(k), atol=1e-6)
+    assert counts["ckpt"]["down"] == counts["plain"]["down"], counts  # not run again in backward
+    assert counts["ckpt"]["other"] == 2 * counts["plain"]["other"], counts
 
 
 def test_a_diverging_adapter_fails_the_job_by_name_and_writes_nothing(tiny: dict[str, Path], tmp_path: Path,

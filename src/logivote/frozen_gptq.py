@@ -41,6 +41,12 @@ def _weight(module: Any, dtype: torch.dtype) -> torch.Tensor:
     return module.dequantize_weight(num_itr=module.g_idx.shape[0] // module.in_features).to(dtype)
 
 
+def _with_bias(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight + bias`` in ``x``'s dtype (an fp16 bias must not promote a bf16 output to float32), out of
+    place: selective checkpointing may keep this very tensor (:mod:`logivote.recompute`)."""
+    return x @ weight if bias is None else torch.addmm(bias.to(x.dtype), x, weight)
+
+
 class _Int4MatMul(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, module: Any, keep_weight: bool) -> torch.Tensor:  # type: ignore[override]
@@ -48,7 +54,7 @@ class _Int4MatMul(torch.autograd.Function):
         ctx.module, ctx.keep_weight = module, keep_weight
         if keep_weight:
             ctx.save_for_backward(weight)
-        return x @ weight
+        return _with_bias(x, weight, module.bias)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
@@ -56,12 +62,28 @@ class _Int4MatMul(torch.autograd.Function):
         return grad @ weight.t(), None, None
 
 
+class _FrozenMatMul(torch.autograd.Function):
+    """``x @ W^T`` of a frozen float linear, its weight reached through the module rather than saved: a checkpoint
+    then has nothing of this GEMM to recompute (see :data:`logivote.stacked_lora.RECOMPUTE_STOPS_BEFORE`)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, module: Any) -> torch.Tensor:  # type: ignore[override]
+        ctx.module = module
+        return _with_bias(x, module.weight.t(), module.bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad @ ctx.module.weight, None
+
+
 def frozen_forward(module: Any, x: torch.Tensor, keep_weight: bool = False) -> torch.Tensor:
     """``module(x)``; for a GPTQ linear while autograd records, without keeping its dequantized weight
-    (``keep_weight``: keep it for the backward; only inside a checkpointed layer, see the module docstring)."""
-    if not (is_gptq(module) and (torch.is_grad_enabled() or gptq_dequant.supports(module))):
+    (``keep_weight``: keep it for the backward; only inside a checkpointed layer, see the module docstring);
+    for a frozen float ``nn.Linear``, without saving its weight as a tensor of the backward."""
+    if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad and torch.is_grad_enabled():
+        out = _FrozenMatMul.apply(x.reshape(-1, x.shape[-1]), module)
+    elif is_gptq(module) and (torch.is_grad_enabled() or gptq_dequant.supports(module)):
+        out = _Int4MatMul.apply(x.reshape(-1, x.shape[-1]), module, keep_weight)
+    else:
         return module(x)
-    out = _Int4MatMul.apply(x.reshape(-1, x.shape[-1]), module, keep_weight)
-    if module.bias is not None:
-        out.add_(module.bias)  # in place, as the kernel does: an fp16 bias must not promote a bf16 output to float32
     return out.reshape(*x.shape[:-1], module.out_features)

@@ -40,6 +40,12 @@ class PackedBatch:
     label_weight: Any   # [L] float32: 1 / the number of labelled tokens of its row (a row's loss is their mean)
     lengths: tuple[int, ...]  # tokens of each row, on the host
     seq_lengths: tuple[int, ...]  # tokens of each attention sequence (the rows, then the tail if any), on the host
+    row_adapters: tuple[int, ...]  # the adapter of each row, on the host
+
+    @property
+    def adapter_runs(self) -> tuple[tuple[int, int], ...]:
+        """(adapter, tokens) of each row in stream order: ``token_adapter`` as the host knows it, tail left out."""
+        return tuple(zip(self.row_adapters, self.lengths))
 
     def attention_kwargs(self) -> dict[str, Any]:
         """What :func:`packed_attention` needs, as keyword arguments of the model's forward."""
@@ -106,6 +112,7 @@ def pack(examples: Sequence[dict[str, list[int]]], pad_id: int, device: Any, buc
         label_weight=to_device([1.0 / counts[r] for r in label_row], torch.float32, device),
         lengths=lengths,
         seq_lengths=seq_lengths,
+        row_adapters=tuple(adapters),
     )
 
 

@@ -13,6 +13,13 @@ For tokens ``x: [..., T, in]`` whose adapters are ``a: [T]`` (-1: none, e.g. a b
 two dense GEMMs per layer, no per-adapter loop and no stacking of K parameters every step; autograd
 gives each adapter exactly the gradient of its own tokens, and an adapter with no tokens in a step a
 zero gradient (:class:`logivote.stacked_adamw.StackedAdamW` then leaves it untouched).
+
+Those GEMMs are K times as wide as one adapter needs (``K·r`` columns). Where the stream's tokens come in
+runs, one per adapter in adapter order (as :func:`logivote.packing.pack` lays out a step), a grouped GEMM
+does only each run's own ``r`` columns: ``s = grouped_mm(dropout(x), A^T, ends) * scale``, ``y = base(x) +
+grouped_mm(s, B^T, ends)``, with ``ends`` each adapter's last token (the bucket tail joins the last run: its
+tokens feed no loss, so they add nothing to any gradient). That is the path on Hopper GPUs in bf16
+(:data:`LORA_GEMM` "auto"); the one-hot path everywhere else, the CPU default among them.
 :class:`TokenAdapters` carries ``a`` to every wrapped layer of a model; :class:`StackedLora` wraps a
 model's target linears and initialises each adapter as peft does (A Kaiming-uniform, B zero) from a
 generator seeded per (adapter seed, layer name), so adapter k starts the same whatever shares its job.
@@ -24,6 +31,7 @@ Adapters go out as standard peft folders (:func:`save_peft_adapter`: ``adapter_c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -52,6 +60,34 @@ class LoraShape:
         return self.alpha / self.r
 
 
+# "auto": grouped GEMMs on CUDA devices of compute capability 9.0+ in bf16, else one-hot; "grouped": wherever
+# torch's grouped_mm runs (float32 on CPU too: the tests); "onehot": never grouped
+LORA_GEMM = "auto"
+
+
+def _grouped_mm() -> Any:
+    return getattr(torch.nn.functional, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+
+def _use_grouped(h: torch.Tensor) -> bool:
+    if LORA_GEMM == "onehot" or _grouped_mm() is None:
+        return False
+    if LORA_GEMM == "grouped":
+        return True
+    return h.is_cuda and h.dtype == torch.bfloat16 and _capability(h.device.index) >= (9, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int | None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+# a decoder layer's last linear: its output only joins the residual stream, nothing in the layer saves it, so a
+# non-reentrant checkpoint's recompute (which stops at the last tensor the backward needs) ends before its GEMM
+# when the adapters run first (the grouped path); keeping its dequantized weight would force that GEMM to run
+RECOMPUTE_STOPS_BEFORE = ("down_proj",)
+
+
 class TokenAdapters:
     """The adapter of every token of the current stream ([T] long, -1 for none), or one adapter for all tokens."""
 
@@ -60,9 +96,26 @@ class TokenAdapters:
         self.single: int | None = None
         self.k = 0
         self._onehot: dict[tuple[torch.dtype, float], torch.Tensor] = {}
+        self._host_ends: list[int] | None = None
+        self._ends: torch.Tensor | None = None
 
-    def set(self, ids: torch.Tensor | None, k: int, single: int | None = None) -> None:
+    def set(self, ids: torch.Tensor | None, k: int, single: int | None = None,
+            runs: Sequence[tuple[int, int]] | None = None) -> None:
+        """``runs``: the stream's (adapter, tokens) runs in order, as the host knows them (``ids`` without the tail)."""
         self.ids, self.k, self.single, self._onehot = ids, k, single, {}
+        self._host_ends = _adapter_ends(runs, k, int(ids.shape[0])) if runs is not None and ids is not None else None
+        self._ends = None
+
+    def ends(self, device: torch.device) -> torch.Tensor | None:
+        """[K] int32: the stream position after each adapter's run (the last one at T), or None where the tokens
+        do not come in one run per adapter in adapter order."""
+        if self._host_ends is None:
+            return None
+        if self._ends is None:
+            from .packing import to_device
+
+            self._ends = to_device(self._host_ends, torch.int32, device)
+        return self._ends
 
     def onehot(self, dtype: torch.dtype, scale: float) -> torch.Tensor:
         """[T, K, 1]: ``scale`` where a token belongs to an adapter, else 0 (built once per step, shared by every layer)."""
@@ -72,6 +125,19 @@ class TokenAdapters:
         if key not in self._onehot:
             self._onehot[key] = ((self.ids[:, None] == torch.arange(self.k, device=self.ids.device)).to(dtype) * scale).unsqueeze(-1)
         return self._onehot[key]
+
+
+def _adapter_ends(runs: Sequence[tuple[int, int]], k: int, total: int) -> list[int] | None:
+    adapters = [a for a, _ in runs]
+    if any(not 0 <= a < k for a in adapters) or any(b <= a for a, b in zip(adapters, adapters[1:])):
+        return None
+    ends, at = [], 0
+    lengths = dict(runs)
+    for adapter in range(k):
+        at += lengths.get(adapter, 0)
+        ends.append(at)
+    ends[-1] = total  # the bucket tail joins the last run
+    return ends
 
 
 class StackedLoraLinear(nn.Module):
@@ -89,18 +155,31 @@ class StackedLoraLinear(nn.Module):
         self.lora_A = nn.Parameter(torch.zeros(k, r, self.in_features, dtype=dtype, device=device))
         self.lora_B = nn.Parameter(torch.zeros(k, self.out_features, r, dtype=dtype, device=device))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _base(self, x: torch.Tensor) -> torch.Tensor:
         # on a GPU a GPTQ base keeps no dequantized weight for the backward; on CPU memory is not the limit, and the
         # second dequantization in backward would cost the 2-core default 5 % of its training time (measured)
-        out = frozen_forward(self.base, x, self.keep_weight) if x.is_cuda else self.base(x)
+        return frozen_forward(self.base, x, self.keep_weight) if x.is_cuda else self.base(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.dropout(x).to(self.lora_A.dtype).reshape(-1, self.in_features)  # [T, in]
         if self.tokens.single is not None:  # one adapter for every token (checks, inference)
             i = self.tokens.single
             delta = (h @ self.lora_A[i].t()) @ self.lora_B[i].t() * self.scale
+            out = self._base(x)
             return out + delta.reshape(out.shape).to(out.dtype)
         if self.tokens.ids is None or h.shape[0] != self.tokens.ids.shape[0]:
             n = None if self.tokens.ids is None else self.tokens.ids.shape[0]
             raise RuntimeError(f"{h.shape[0]} tokens but {n} token adapters")
+        if _use_grouped(h) and (ends := self.tokens.ends(h.device)) is not None:
+            grouped_mm = _grouped_mm()
+            s = grouped_mm(h, self.lora_A.transpose(1, 2), offs=ends) * self.scale  # [T, r]: each token's own adapter
+            delta = grouped_mm(s, self.lora_B.transpose(1, 2), offs=ends)  # [T, out]
+            # the base after the adapters, saving no tensor: where this linear's output only joins the residual
+            # stream (down_proj), a checkpoint's recompute stops once the adapters have saved what their backward
+            # needs, before this GEMM
+            out = frozen_forward(self.base, x, self.keep_weight)
+            return out + delta.view(out.shape).to(out.dtype)
+        out = self._base(x)
         s = h @ self.lora_A.reshape(self.k * self.r, self.in_features).t()  # [T, K·r]
         s = (s.view(-1, self.k, self.r) * self.tokens.onehot(s.dtype, self.scale)).view(-1, self.k * self.r)
         b_all = self.lora_B.permute(1, 0, 2).reshape(self.out_features, self.k * self.r)  # [out, K·r]
@@ -120,7 +199,8 @@ class StackedLora:
     def __init__(self, model: nn.Module, k: int, shape: LoraShape, seeds: Sequence[int], dtype: torch.dtype,
                  keep_dequantized: bool = False) -> None:
         """``keep_dequantized``: the model's decoder layers are checkpointed, so a GPTQ base's dequantized weights
-        may be kept from a layer's recompute to its backward (:func:`logivote.frozen_gptq.frozen_forward`)."""
+        may be kept from a layer's recompute to its backward (:func:`logivote.frozen_gptq.frozen_forward`); not
+        those of :data:`RECOMPUTE_STOPS_BEFORE`, whose GEMM the recompute would otherwise have to run again."""
         if len(seeds) != k:
             raise ValueError(f"{k} adapters need {k} seeds, got {len(seeds)}")
         self.model, self.k, self.shape = model, k, shape
@@ -133,7 +213,7 @@ class StackedLora:
             parent_name, child = name.rsplit(".", 1)
             device = next((t.device for t in [*module.parameters(), *module.buffers()]), torch.device("cpu"))
             wrapped = StackedLoraLinear(module, k, shape.r, shape.scale, shape.dropout, self.token_adapters, dtype, device)
-            wrapped.keep_weight = keep_dequantized
+            wrapped.keep_weight = keep_dequantized and child not in RECOMPUTE_STOPS_BEFORE
             setattr(model.get_submodule(parent_name), child, wrapped)
             self.layers[name] = wrapped
         for adapter, seed in enumerate(seeds):
@@ -154,10 +234,11 @@ class StackedLora:
         return [p for layer in self.layers.values() for p in (layer.lora_A, layer.lora_B)]
 
     @contextmanager
-    def tokens(self, ids: torch.Tensor) -> Iterator[None]:
+    def tokens(self, ids: torch.Tensor, runs: Sequence[tuple[int, int]] | None = None) -> Iterator[None]:
         """Token t of the stream goes through adapter ``ids[t]`` (-1: none); keep it open through the backward
-        (gradient checkpointing reruns the forward there)."""
-        self.token_adapters.set(ids, self.k)
+        (gradient checkpointing reruns the forward there). ``runs``: the same as (adapter, tokens) runs on the
+        host, which lets the grouped GEMMs run (see the module docstring)."""
+        self.token_adapters.set(ids, self.k, runs=runs)
         try:
             yield
         finally:

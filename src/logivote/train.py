@@ -51,6 +51,7 @@ from .flatten import read_questions
 from .jsonl import atomic_directory, sha256_file
 from .prompt import encode_example
 from .quantize import gptq_load_kwargs
+from .recompute import keep_narrow_matmuls
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class TrainSettings:
     save_steps: int = 50
     logging_steps: int = 10
     dtype: str = "float32"  # float32 | bfloat16 | float16 | auto (bf16 where the GPU has it, else fp16) | float64 (checks)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | str = False  # True: recompute whole layers in backward; "selective": logivote.recompute
     threads: int = 1
     gpus: int = 0
     adapters_per_job: int = 1
@@ -326,10 +327,13 @@ def train_adapters(
         log.info("adapter %d: %d training examples, %d-%d tokens (mean %.0f)", k, len(ex), min(lengths), max(lengths), sum(lengths) / len(lengths))
 
     if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_kwargs: dict[str, Any] = {"use_reentrant": False}
+        if settings.gradient_checkpointing == "selective":
+            checkpoint_kwargs["context_fn"] = keep_narrow_matmuls(model.config.hidden_size)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
     shape = LoraShape(settings.lora_r, settings.lora_alpha, settings.lora_dropout, tuple(settings.target_modules))
     lora = StackedLora(model, len(adapters), shape, seeds=[settings.seed] * len(adapters), dtype=dtype,
-                       keep_dequantized=settings.gradient_checkpointing)
+                       keep_dequantized=bool(settings.gradient_checkpointing))
     model.train()
     _log_setup(model, lora, adapters, on_gpu)
 
@@ -362,7 +366,7 @@ def train_adapters(
     for step in range(start, total_steps):
         active = [i for i, stream in enumerate(streams) if step < len(stream)]
         batch = pack([examples[i][streams[i][step]] for i in active], pad_id, device, settings.bucket_tokens, adapters=active)
-        with lora.tokens(batch.token_adapter):  # through the backward too: gradient checkpointing reruns the forward there
+        with lora.tokens(batch.token_adapter, batch.adapter_runs):  # through the backward too: gradient checkpointing reruns the forward there
             hidden = body(input_ids=batch.input_ids, position_ids=batch.position_ids, **batch.attention_kwargs()).last_hidden_state
             row_loss = row_losses(head(hidden[0, batch.label_at]), batch)
             (row_loss.sum() / settings.grad_accum).backward()

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from logivote import stacked_lora
 from logivote.jsonl import atomic_write_jsonl, dumps
 from logivote.tiny_model import build_tiny_model
 from logivote.train import StepStats, TrainSettings, train_adapters
@@ -86,14 +87,16 @@ def body_and_head_params(base: Path) -> tuple[int, int]:
     return layers * (attn + mlp), config["vocab_size"] * h
 
 
-def settings_for(on_gpu: bool, steps: int, bucket: int = 1, gradient_checkpointing: bool = False) -> TrainSettings:
+def settings_for(on_gpu: bool, steps: int, bucket: int = 1, gradient_checkpointing: bool | str = False,
+                 lora_dropout: float = 0.05) -> TrainSettings:
     return TrainSettings(epochs=1, batch_size=1, grad_accum=1, learning_rate=1e-4, max_len=2048, save_steps=10**6,
                          logging_steps=20, dtype="bfloat16" if on_gpu else "float32", gpus=1 if on_gpu else 0, threads=4,
-                         lora_dropout=0.05, bucket_tokens=bucket, gradient_checkpointing=gradient_checkpointing)
+                         lora_dropout=lora_dropout, bucket_tokens=bucket, gradient_checkpointing=gradient_checkpointing)
 
 
 class Profiled(Clock):
-    """A :class:`Clock` that also records steps 11-20 with torch.profiler: where the time of a step goes."""
+    """A :class:`Clock` that also records steps 11-13 with torch.profiler: where the time of a step goes (three steps: a
+    full-depth step makes about 100 000 events)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -104,26 +107,26 @@ class Profiled(Clock):
 
     def __call__(self, stats: StepStats) -> None:
         super().__call__(stats)
-        if stats.step in (10, 20) and torch.cuda.is_available():
+        if stats.step in (10, 13) and torch.cuda.is_available():
             torch.cuda.synchronize()
         if stats.step == 10:
             activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
             self.profiler = torch.profiler.profile(activities=activities)
             self.profiler.__enter__()
             self._t0 = time.perf_counter()
-        elif stats.step == 20 and self.profiler is not None:
-            self.wall_ms = 1e3 * (time.perf_counter() - self._t0) / 10
+        elif stats.step == 13 and self.profiler is not None:
+            self.wall_ms = 1e3 * (time.perf_counter() - self._t0) / 3
             self.profiler.__exit__(None, None, None)
             events = self.profiler.key_averages()
             key = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
             self.table = events.table(sort_by=key, row_limit=25, max_name_column_width=60)
             self.table += "\n" + events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60)
-            self.gpu_busy_ms = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / 1e3 / 10
+            self.gpu_busy_ms = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / 1e3 / 3
             self.profiler = None
 
 
 def run_multi(base: Path, subsets: dict[int, Path], workdir: Path, steps: int, peak: float, profile: bool = False,
-              bucket: int = 1, gradient_checkpointing: bool = False) -> dict[str, Any]:
+              bucket: int = 1, gradient_checkpointing: bool | str = False, lora_dropout: float = 0.05) -> dict[str, Any]:
     on_gpu = torch.cuda.is_available()
     gc.collect()  # frees the previous case's model where nothing else holds it (gptqmodel does: peak memory is then
     # right only for a process's first case; README)
@@ -132,11 +135,12 @@ def run_multi(base: Path, subsets: dict[int, Path], workdir: Path, steps: int, p
         torch.cuda.reset_peak_memory_stats()
     clock = Profiled() if profile else Clock()
     tag = f"k{len(subsets)}-{time.time_ns()}"
-    train_adapters(base, subsets, {k: workdir / tag / str(k) for k in subsets}, workdir / f"ckpt-{tag}", settings_for(on_gpu, steps, bucket, gradient_checkpointing),
+    train_adapters(base, subsets, {k: workdir / tag / str(k) for k in subsets}, workdir / f"ckpt-{tag}", settings_for(on_gpu, steps, bucket, gradient_checkpointing, lora_dropout),
                    on_step=clock)
-    result = {**summarize(clock, base, peak, len(subsets)), "bucket_tokens": bucket, "gradient_checkpointing": gradient_checkpointing}
+    result = {**summarize(clock, base, peak, len(subsets)), "bucket_tokens": bucket, "gradient_checkpointing": gradient_checkpointing,
+              "lora_dropout": lora_dropout, "lora_gemm": stacked_lora.LORA_GEMM}
     if profile:
-        print(f"--- profile, K={len(subsets)}, steps 11-20: {clock.wall_ms:.1f} ms per step, GPU busy {clock.gpu_busy_ms:.1f} ms per step\n{clock.table}", flush=True)
+        print(f"--- profile, K={len(subsets)}, steps 11-13: {clock.wall_ms:.1f} ms per step, GPU busy {clock.gpu_busy_ms:.1f} ms per step\n{clock.table}", flush=True)
         result.update(profiled_step_ms=clock.wall_ms, gpu_busy_ms_per_step=clock.gpu_busy_ms)
     return result
 
@@ -200,15 +204,20 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=["qwen0.5b", "qwen32b-4layers"])
     parser.add_argument("--ks", nargs="+", type=int, default=[1, 3, 7, 21])
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--profile", action="store_true", help="torch.profiler over 10 steps of each K: top kernels and GPU busy time")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler over 3 steps of each K: top kernels and GPU busy time")
     parser.add_argument("--no-baseline", action="store_true", help="skip the Trainer + peft reference")
     parser.add_argument("--buckets", nargs="+", type=int, default=[128], help="train.bucket_tokens values to run each K with")
     parser.add_argument("--quantize", choices=("none", "gptq-int4", "random-gptq-int4"), default="none",
                         help="train over a GPTQ-Int4 copy of each shape: calibrated from the float model, or random int4 weights "
                              "written directly (bench.full_depth.build_random_gptq: no float model, for full depth)")
-    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--gradient-checkpointing", nargs="?", const=True, default=False, choices=(True, "selective"),
+                        help="checkpoint every decoder layer; 'selective': keep the narrow matmuls' outputs (logivote.recompute)")
+    parser.add_argument("--lora-dropout", type=float, default=0.05, help="the recipe's 0.05; 0 to compare with an anchor without dropout")
+    parser.add_argument("--lora-gemm", choices=("auto", "onehot"), default="auto",
+                        help="stacked_lora.LORA_GEMM: 'onehot' turns the grouped GEMMs off (to measure them)")
     parser.add_argument("--work", help="keep the built bases here (reused by a later run) instead of a temporary folder")
     args = parser.parse_args()
+    stacked_lora.LORA_GEMM = args.lora_gemm
     lengths = json.loads(LENGTHS.read_text())["lengths"]
     peak = measured_peak_tflops()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
@@ -256,7 +265,7 @@ def main() -> None:
                 try:
                     emit({**common, "path": "train_adapters",
                           **run_multi(base, {i: subsets[i] for i in range(k)}, work, args.steps, peak, args.profile, bucket,
-                                      args.gradient_checkpointing)})
+                                      args.gradient_checkpointing, args.lora_dropout)})
                 except torch.OutOfMemoryError:
                     emit({**common, "path": "train_adapters", "K": k, "error": "OOM"})
                 except Exception as err:  # noqa: BLE001
