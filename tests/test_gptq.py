@@ -157,6 +157,25 @@ def test_frozen_forward_gives_the_kernels_training_numbers_without_keeping_the_w
         torch.testing.assert_close(got_grad, want_grad, rtol=0, atol=1e-6)
 
 
+def test_frozen_forward_adds_an_addend_inside_the_gemm_with_its_gradient(gptq: dict[str, Path]) -> None:
+    """The grouped LoRA path hands its delta to the frozen GEMM (addmm): the same sum, and the delta's gradient."""
+    from logivote.frozen_gptq import frozen_forward
+    from logivote.train import load_base
+
+    _, model = load_base(gptq["base"], torch.float32, on_gpu=False)
+    for linear in (model.model.layers[0].self_attn.q_proj, model.model.layers[0].mlp.down_proj):  # with and without bias
+        x = torch.randn(2, 5, linear.in_features, requires_grad=True)
+        addend = torch.randn(10, linear.out_features, requires_grad=True)
+        weights = torch.linspace(-1, 1, 10 * linear.out_features).view(2, 5, linear.out_features)
+        want = linear(x) + addend.view(2, 5, -1)
+        got = frozen_forward(linear, x, addend=addend)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        want_grads = torch.autograd.grad((want * weights).sum(), [x, addend])
+        got_grads = torch.autograd.grad((got * weights).sum(), [x, addend])
+        for w, g in zip(want_grads, got_grads):
+            torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
+
+
 def test_frozen_forward_keeps_the_compute_dtype_with_a_half_precision_bias(gptq: dict[str, Path]) -> None:
     """Seen on the H200: a bf16 model over an fp16-biased GPTQ checkpoint; bf16 + fp16 promotes to float32."""
     from logivote.frozen_gptq import frozen_forward

@@ -10,6 +10,7 @@ import textwrap
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -245,10 +246,10 @@ def test_grouped_adapters_run_before_the_base_so_the_recompute_skips_the_last_li
     calls: dict[str, int] = {}
     frozen_forward = stacked_lora.frozen_forward
 
-    def counted(module: torch.nn.Module, x: torch.Tensor, keep_weight: bool = False) -> torch.Tensor:
+    def counted(module: torch.nn.Module, x: torch.Tensor, keep_weight: bool = False, **kwargs: Any) -> torch.Tensor:
         name = "down" if module.in_features == TinyShape().intermediate_size else "other"  # only down_proj's input is that wide
         calls[name] = calls.get(name, 0) + 1
-        return frozen_forward(module, x, keep_weight)
+        return frozen_forward(module, x, keep_weight, **kwargs)
 
     monkeypatch.setattr(stacked_lora, "frozen_forward", counted)
     bags = subsets(tiny, {5: 0.1, 6: 0.1})

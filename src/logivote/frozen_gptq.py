@@ -41,25 +41,29 @@ def _weight(module: Any, dtype: torch.dtype) -> torch.Tensor:
     return module.dequantize_weight(num_itr=module.g_idx.shape[0] // module.in_features).to(dtype)
 
 
-def _with_bias(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x @ weight + bias`` in ``x``'s dtype (an fp16 bias must not promote a bf16 output to float32), out of
-    place: selective checkpointing may keep this very tensor (:mod:`logivote.recompute`)."""
-    return x @ weight if bias is None else torch.addmm(bias.to(x.dtype), x, weight)
+def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, addend: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight + bias + addend`` in ``x``'s dtype (an fp16 bias must not promote a bf16 output to float32),
+    the additions in the GEMM (``addmm``), out of place: selective checkpointing may keep this very tensor
+    (:mod:`logivote.recompute`)."""
+    if bias is not None:
+        addend = bias.to(x.dtype) if addend is None else addend + bias.to(x.dtype)
+    return x @ weight if addend is None else torch.addmm(addend, x, weight)
 
 
 class _Int4MatMul(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, module: Any, keep_weight: bool) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, module: Any, keep_weight: bool,  # type: ignore[override]
+                addend: torch.Tensor | None) -> torch.Tensor:
         weight = _weight(module, x.dtype)
         ctx.module, ctx.keep_weight = module, keep_weight
         if keep_weight:
             ctx.save_for_backward(weight)
-        return _with_bias(x, weight, module.bias)
+        return _affine(x, weight, module.bias, addend)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, torch.Tensor | None]:  # type: ignore[override]
         weight = ctx.saved_tensors[0] if ctx.keep_weight else _weight(ctx.module, grad.dtype)
-        return grad @ weight.t(), None, None
+        return grad @ weight.t(), None, None, grad if ctx.needs_input_grad[3] else None
 
 
 class _FrozenMatMul(torch.autograd.Function):
@@ -67,23 +71,25 @@ class _FrozenMatMul(torch.autograd.Function):
     then has nothing of this GEMM to recompute (see :data:`logivote.stacked_lora.RECOMPUTE_STOPS_BEFORE`)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, module: Any) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, module: Any, addend: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
         ctx.module = module
-        return _with_bias(x, module.weight.t(), module.bias)
+        return _affine(x, module.weight.t(), module.bias, addend)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        return grad @ ctx.module.weight, None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, torch.Tensor | None]:  # type: ignore[override]
+        return grad @ ctx.module.weight, None, grad if ctx.needs_input_grad[2] else None
 
 
-def frozen_forward(module: Any, x: torch.Tensor, keep_weight: bool = False) -> torch.Tensor:
-    """``module(x)``; for a GPTQ linear while autograd records, without keeping its dequantized weight
-    (``keep_weight``: keep it for the backward; only inside a checkpointed layer, see the module docstring);
-    for a frozen float ``nn.Linear``, without saving its weight as a tensor of the backward."""
+def frozen_forward(module: Any, x: torch.Tensor, keep_weight: bool = False, addend: torch.Tensor | None = None) -> torch.Tensor:
+    """``module(x)`` (``+ addend``, shaped as the output, added inside the GEMM); for a GPTQ linear while autograd
+    records, without keeping its dequantized weight (``keep_weight``: keep it for the backward; only inside a
+    checkpointed layer, see the module docstring); for a frozen float ``nn.Linear``, without saving its weight as
+    a tensor of the backward."""
+    flat = None if addend is None else addend.reshape(-1, module.out_features)
     if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad and torch.is_grad_enabled():
-        out = _FrozenMatMul.apply(x.reshape(-1, x.shape[-1]), module)
+        out = _FrozenMatMul.apply(x.reshape(-1, x.shape[-1]), module, flat)
     elif is_gptq(module) and (torch.is_grad_enabled() or gptq_dequant.supports(module)):
-        out = _Int4MatMul.apply(x.reshape(-1, x.shape[-1]), module, keep_weight)
+        out = _Int4MatMul.apply(x.reshape(-1, x.shape[-1]), module, keep_weight, flat)
     else:
-        return module(x)
+        return module(x) if addend is None else module(x) + addend
     return out.reshape(*x.shape[:-1], module.out_features)

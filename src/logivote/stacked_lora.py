@@ -174,11 +174,10 @@ class StackedLoraLinear(nn.Module):
             grouped_mm = _grouped_mm()
             s = grouped_mm(h, self.lora_A.transpose(1, 2), offs=ends) * self.scale  # [T, r]: each token's own adapter
             delta = grouped_mm(s, self.lora_B.transpose(1, 2), offs=ends)  # [T, out]
-            # the base after the adapters, saving no tensor: where this linear's output only joins the residual
-            # stream (down_proj), a checkpoint's recompute stops once the adapters have saved what their backward
-            # needs, before this GEMM
-            out = frozen_forward(self.base, x, self.keep_weight)
-            return out + delta.view(out.shape).to(out.dtype)
+            # the base after the adapters, saving no tensor, the adapters' output added in its GEMM: where this
+            # linear's output only joins the residual stream (down_proj), a checkpoint's recompute stops once the
+            # adapters have saved what their backward needs, before this GEMM
+            return frozen_forward(self.base, x, self.keep_weight, addend=delta.to(x.dtype))
         out = self._base(x)
         s = h @ self.lora_A.reshape(self.k * self.r, self.in_features).t()  # [T, K·r]
         s = (s.view(-1, self.k, self.r) * self.tokens.onehot(s.dtype, self.scale)).view(-1, self.k * self.r)
