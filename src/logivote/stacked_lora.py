@@ -66,15 +66,16 @@ LORA_GEMM = "auto"
 
 
 def _grouped_mm() -> Any:
-    return getattr(torch.nn.functional, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+    # the public one (torch 2.10+): torch 2.8's private _grouped_mm has no CPU kernel and no fallback below Hopper
+    return getattr(torch.nn.functional, "grouped_mm", None)
 
 
-def _use_grouped(h: torch.Tensor) -> bool:
+def _use_grouped(device: torch.device, dtype: torch.dtype) -> bool:
     if LORA_GEMM == "onehot" or _grouped_mm() is None:
         return False
     if LORA_GEMM == "grouped":
         return True
-    return h.is_cuda and h.dtype == torch.bfloat16 and _capability(h.device.index) >= (9, 0)
+    return device.type == "cuda" and dtype == torch.bfloat16 and _capability(device.index) >= (9, 0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -160,25 +161,23 @@ class StackedLoraLinear(nn.Module):
         # second dequantization in backward would cost the 2-core default 5 % of its training time (measured)
         return frozen_forward(self.base, x, self.keep_weight) if x.is_cuda else self.base(x)
 
+    def _check_tokens(self, tokens: int) -> None:
+        if self.tokens.ids is None or tokens != self.tokens.ids.shape[0]:
+            n = None if self.tokens.ids is None else self.tokens.ids.shape[0]
+            raise RuntimeError(f"{tokens} tokens but {n} token adapters")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tokens.single is None and _use_grouped(x.device, self.lora_A.dtype):
+            if (ends := self.tokens.ends(x.device)) is not None:
+                return self._grouped(x, ends)
+        # the base first, then the adapters: the order of autograd's gradient sums the learning figures were measured with
+        out = self._base(x)
         h = self.dropout(x).to(self.lora_A.dtype).reshape(-1, self.in_features)  # [T, in]
         if self.tokens.single is not None:  # one adapter for every token (checks, inference)
             i = self.tokens.single
             delta = (h @ self.lora_A[i].t()) @ self.lora_B[i].t() * self.scale
-            out = self._base(x)
             return out + delta.reshape(out.shape).to(out.dtype)
-        if self.tokens.ids is None or h.shape[0] != self.tokens.ids.shape[0]:
-            n = None if self.tokens.ids is None else self.tokens.ids.shape[0]
-            raise RuntimeError(f"{h.shape[0]} tokens but {n} token adapters")
-        if _use_grouped(h) and (ends := self.tokens.ends(h.device)) is not None:
-            grouped_mm = _grouped_mm()
-            s = grouped_mm(h, self.lora_A.transpose(1, 2), offs=ends) * self.scale  # [T, r]: each token's own adapter
-            delta = grouped_mm(s, self.lora_B.transpose(1, 2), offs=ends)  # [T, out]
-            # the base after the adapters, saving no tensor, the adapters' output added in its GEMM: where this
-            # linear's output only joins the residual stream (down_proj), a checkpoint's recompute stops once the
-            # adapters have saved what their backward needs, before this GEMM
-            return frozen_forward(self.base, x, self.keep_weight, addend=delta.to(x.dtype))
-        out = self._base(x)
+        self._check_tokens(h.shape[0])
         s = h @ self.lora_A.reshape(self.k * self.r, self.in_features).t()  # [T, K·r]
         s = (s.view(-1, self.k, self.r) * self.tokens.onehot(s.dtype, self.scale)).view(-1, self.k * self.r)
         b_all = self.lora_B.permute(1, 0, 2).reshape(self.out_features, self.k * self.r)  # [out, K·r]
@@ -186,6 +185,17 @@ class StackedLoraLinear(nn.Module):
         if flat.dtype == s.dtype:
             return torch.addmm(flat, s, b_all.t()).view(out.shape)  # the add fused into the GEMM
         return out + (s @ b_all.t()).view(out.shape).to(out.dtype)
+
+    def _grouped(self, x: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        h = self.dropout(x).to(self.lora_A.dtype).reshape(-1, self.in_features)  # [T, in]
+        self._check_tokens(h.shape[0])
+        grouped_mm = _grouped_mm()
+        s = grouped_mm(h, self.lora_A.transpose(1, 2), offs=ends) * self.scale  # [T, r]: each token's own adapter
+        delta = grouped_mm(s, self.lora_B.transpose(1, 2), offs=ends)  # [T, out]
+        # the base after the adapters, saving no tensor, the adapters' output added in its GEMM: where this linear's
+        # output only joins the residual stream (down_proj), a checkpoint's recompute stops once the adapters have
+        # saved what their backward needs, before this GEMM
+        return frozen_forward(self.base, x, self.keep_weight, addend=delta.to(x.dtype))
 
 
 def _seed(seed: int, name: str) -> int:
