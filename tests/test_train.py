@@ -315,3 +315,9 @@ def test_every_adapter_folder_has_its_loss_curve(tiny: dict[str, Path], tmp_path
         assert {r["adapter"] for r in rows} == {k}
         assert rows[0]["learning_rate"] > rows[-1]["learning_rate"] >= 0  # linear schedule
         assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def test_gradient_checkpointing_is_true_false_or_selective() -> None:
+    assert replace(SETTINGS, gradient_checkpointing="selective").gradient_checkpointing == "selective"
+    with pytest.raises(ValueError, match="true, false or selective, not 'full'"):
+        replace(SETTINGS, gradient_checkpointing="full")

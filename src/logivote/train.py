@@ -84,6 +84,10 @@ class TrainSettings:
     max_grad_norm: float = 1.0  # per adapter, as transformers' Trainer clips by default
     bucket_tokens: int = 1  # the packed stream's length is rounded up to a multiple of this (static shapes on GPUs)
 
+    def __post_init__(self) -> None:
+        if self.gradient_checkpointing not in (True, False, "selective"):
+            raise ValueError(f"train.gradient_checkpointing: true, false or selective, not {self.gradient_checkpointing!r}")
+
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> TrainSettings:
         """Settings from config ``train``; its scheduling keys (``mem_mb``) are not training knobs."""
