@@ -148,7 +148,8 @@ def _varlen() -> Any:
 
 
 @functools.cache
-def _capability(device: Any) -> tuple[int, int]:
+def cuda_capability(device: Any) -> tuple[int, int]:
+    """A CUDA device's compute capability, asked once per device."""
     import torch
 
     return tuple(torch.cuda.get_device_capability(device))  # type: ignore[return-value]
@@ -178,7 +179,7 @@ def packed_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
         return out.transpose(1, 2), None
     if query.shape[0] != 1:
         raise ValueError(f"a packed stream is one batch row, got {query.shape[0]}")
-    flash = query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and _capability(query.device) >= (8, 0)
+    flash = query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and cuda_capability(query.device) >= (8, 0)
     varlen = _varlen() if flash else None  # FlashAttention needs an Ampere or newer GPU: a V100 attends row by row
     if varlen is not None:
         q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, H, D]

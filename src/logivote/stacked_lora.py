@@ -31,7 +31,6 @@ Adapters go out as standard peft folders (:func:`save_peft_adapter`: ``adapter_c
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -46,6 +45,7 @@ import torch
 from torch import nn
 
 from .frozen_gptq import frozen_forward
+from .packing import cuda_capability, to_device
 
 
 @dataclass(frozen=True)
@@ -75,12 +75,7 @@ def _use_grouped(device: torch.device, dtype: torch.dtype) -> bool:
         return False
     if LORA_GEMM == "grouped":
         return True
-    return device.type == "cuda" and dtype == torch.bfloat16 and _capability(device.index) >= (9, 0)
-
-
-@functools.lru_cache(maxsize=None)
-def _capability(index: int | None) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
+    return device.type == "cuda" and dtype == torch.bfloat16 and cuda_capability(device) >= (9, 0)
 
 
 # a decoder layer's last linear: its output only joins the residual stream, nothing in the layer saves it, so a
@@ -113,8 +108,6 @@ class TokenAdapters:
         if self._host_ends is None:
             return None
         if self._ends is None:
-            from .packing import to_device
-
             self._ends = to_device(self._host_ends, torch.int32, device)
         return self._ends
 
