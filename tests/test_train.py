@@ -228,12 +228,13 @@ def test_killed_training_resumes_to_the_same_adapters(tiny: dict[str, Path], tmp
 def test_gradient_checkpointing_gives_the_same_adapters(tiny: dict[str, Path], tmp_path: Path) -> None:
     bags = subsets(tiny, {5: 0.1, 6: 0.1})
     runs = (("plain", EXACT), ("ckpt", replace(EXACT, gradient_checkpointing=True)),
-            ("selective", replace(EXACT, gradient_checkpointing="selective")))
+            ("selective", replace(EXACT, gradient_checkpointing="selective")),
+            ("selective_gate", replace(EXACT, gradient_checkpointing="selective_gate")))
     for name, settings in runs:
         train_adapters(tiny["base"], bags, {k: tmp_path / name / str(k) for k in bags}, tmp_path / f"c-{name}", settings)
     for k in bags:
-        assert_same_adapters(tmp_path / "plain" / str(k), tmp_path / "ckpt" / str(k), atol=1e-9)
-        assert_same_adapters(tmp_path / "plain" / str(k), tmp_path / "selective" / str(k), atol=1e-9)
+        for name in ("ckpt", "selective", "selective_gate"):
+            assert_same_adapters(tmp_path / "plain" / str(k), tmp_path / name / str(k), atol=1e-9)
 
 
 def test_grouped_adapters_run_before_the_base_so_the_recompute_skips_the_last_linear(
@@ -319,5 +320,6 @@ def test_every_adapter_folder_has_its_loss_curve(tiny: dict[str, Path], tmp_path
 
 def test_gradient_checkpointing_is_true_false_or_selective() -> None:
     assert replace(SETTINGS, gradient_checkpointing="selective").gradient_checkpointing == "selective"
-    with pytest.raises(ValueError, match="true, false or selective, not 'full'"):
+    assert replace(SETTINGS, gradient_checkpointing="selective_gate").gradient_checkpointing == "selective_gate"
+    with pytest.raises(ValueError, match="true, false, selective or selective_gate, not 'full'"):
         replace(SETTINGS, gradient_checkpointing="full")

@@ -68,7 +68,7 @@ if triton is not None:
         tl.store(out + rows[:, None] * n_out + cols[None, :], weight.to(out.dtype.element_ty), mask=in_range[None, :])
 
 
-def _runs_here(device: torch.device) -> bool:
+def runs_here(device: torch.device) -> bool:
     return triton is not None and (device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"))
 
 
@@ -79,7 +79,7 @@ def group_size_of(module: Any) -> int:
 
 def supports(module: Any) -> bool:
     """Whether :func:`dequantize` handles this gptqmodel linear where its weights are."""
-    if not _runs_here(module.qweight.device) or getattr(module, "planar", False):
+    if not runs_here(module.qweight.device) or getattr(module, "planar", False):
         return False
     if int(module.bits) != 4 or module.qweight.dtype != torch.int32 or module.scales.dtype != torch.float16:
         return False

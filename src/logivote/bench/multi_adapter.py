@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import json
 import random
 import tempfile
@@ -34,10 +35,10 @@ from typing import Any
 
 import torch
 
-from logivote import stacked_lora
+from logivote import fused, stacked_lora
 from logivote.jsonl import atomic_write_jsonl, dumps
 from logivote.tiny_model import build_tiny_model
-from logivote.train import StepStats, TrainSettings, train_adapters
+from logivote.train import StepStats, TrainSettings, train_adapters, use_expandable_segments
 
 from .train_gpu import SHAPES, Clock, padded_questions
 
@@ -138,7 +139,8 @@ def run_multi(base: Path, subsets: dict[int, Path], workdir: Path, steps: int, p
     train_adapters(base, subsets, {k: workdir / tag / str(k) for k in subsets}, workdir / f"ckpt-{tag}", settings_for(on_gpu, steps, bucket, gradient_checkpointing, lora_dropout),
                    on_step=clock)
     result = {**summarize(clock, base, peak, len(subsets)), "bucket_tokens": bucket, "gradient_checkpointing": gradient_checkpointing,
-              "lora_dropout": lora_dropout, "lora_gemm": stacked_lora.LORA_GEMM}
+              "lora_dropout": lora_dropout, "lora_gemm": stacked_lora.LORA_GEMM, "fuse_elementwise": fused.FUSE_ELEMENTWISE,
+              "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}
     if profile:
         print(f"--- profile, K={len(subsets)}, steps 11-13: {clock.wall_ms:.1f} ms per step, GPU busy {clock.gpu_busy_ms:.1f} ms per step\n{clock.table}", flush=True)
         result.update(profiled_step_ms=clock.wall_ms, gpu_busy_ms_per_step=clock.gpu_busy_ms)
@@ -210,14 +212,19 @@ def main() -> None:
     parser.add_argument("--quantize", choices=("none", "gptq-int4", "random-gptq-int4"), default="none",
                         help="train over a GPTQ-Int4 copy of each shape: calibrated from the float model, or random int4 weights "
                              "written directly (bench.full_depth.build_random_gptq: no float model, for full depth)")
-    parser.add_argument("--gradient-checkpointing", nargs="?", const=True, default=False, choices=(True, "selective"),
-                        help="checkpoint every decoder layer; 'selective': keep the narrow matmuls' outputs (logivote.recompute)")
+    parser.add_argument("--gradient-checkpointing", nargs="?", const=True, default=False, choices=(True, "selective", "selective_gate"),
+                        help="checkpoint every decoder layer; 'selective': keep q, k, v and o's outputs; 'selective_gate': "
+                             "and the gate projection's (logivote.recompute)")
     parser.add_argument("--lora-dropout", type=float, default=0.05, help="the recipe's 0.05; 0 to compare with an anchor without dropout")
     parser.add_argument("--lora-gemm", choices=("auto", "onehot"), default="auto",
                         help="stacked_lora.LORA_GEMM: 'onehot' turns the grouped GEMMs off (to measure them)")
+    parser.add_argument("--fuse-elementwise", choices=("auto", "off"), default="auto",
+                        help="fused.FUSE_ELEMENTWISE: 'off' keeps transformers' eager RMSNorm and SwiGLU (to measure the fusion)")
     parser.add_argument("--work", help="keep the built bases here (reused by a later run) instead of a temporary folder")
     args = parser.parse_args()
+    use_expandable_segments()  # as training does, before this process's first CUDA allocation (the peak measurement)
     stacked_lora.LORA_GEMM = args.lora_gemm
+    fused.FUSE_ELEMENTWISE = args.fuse_elementwise
     lengths = json.loads(LENGTHS.read_text())["lengths"]
     peak = measured_peak_tflops()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"

