@@ -44,7 +44,17 @@ def _torch_path(m: _Linear, dtype: torch.dtype) -> torch.Tensor:
     return (m.scales[g] * (w - z[:, :m.out_features][g])).to(dtype)
 
 
-def _timed(fn: Callable[[], Any], n: int = 20) -> float:
+def emit(row: dict[str, Any], out: str | None) -> None:
+    """Print ``row`` as one JSON line, and append it to ``out`` if given."""
+    line = json.dumps(row)
+    print(line, flush=True)
+    if out:
+        with open(out, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+
+def timed(fn: Callable[[], Any], n: int = 20) -> float:
+    """Milliseconds per call of ``fn`` on the GPU (one untimed call first)."""
     fn()
     torch.cuda.synchronize()
     started = time.perf_counter()
@@ -73,22 +83,18 @@ def main(argv: list[str] | None = None) -> None:
         m = _Linear(n_in, n_out, gen)
         want = _torch_path(m, torch.bfloat16)
         row: dict[str, Any] = {"shape": [n_in, n_out], "exact": bool(torch.equal(gptq_dequant.dequantize(m, torch.bfloat16), want)),
-                               "torch_path_ms": _timed(lambda: _torch_path(m, torch.bfloat16)),
-                               "gptqmodel_triton_ms": _timed(lambda: gptqmodel_triton(torch.bfloat16, m.qweight, m.scales, m.qzeros, m.g_idx, 4, 32, 15)),
-                               "anchor_compiled_ms": _timed(lambda: anchor(m.qweight, m.scales))}
+                               "torch_path_ms": timed(lambda: _torch_path(m, torch.bfloat16)),
+                               "gptqmodel_triton_ms": timed(lambda: gptqmodel_triton(torch.bfloat16, m.qweight, m.scales, m.qzeros, m.g_idx, 4, 32, 15)),
+                               "anchor_compiled_ms": timed(lambda: anchor(m.qweight, m.scales))}
         for bi, bo, warps in TILES:
             gptq_dequant.BLOCK_IN, gptq_dequant.BLOCK_OUT, gptq_dequant.NUM_WARPS = bi, bo, warps
-            row[f"ours_{bi}x{bo}w{warps}_ms"] = _timed(lambda: gptq_dequant.dequantize(m, torch.bfloat16))
+            row[f"ours_{bi}x{bo}w{warps}_ms"] = timed(lambda: gptq_dequant.dequantize(m, torch.bfloat16))
         gptq_dequant.BLOCK_IN, gptq_dequant.BLOCK_OUT, gptq_dequant.NUM_WARPS = defaults
         best = min(v for k, v in row.items() if k.startswith("ours_"))
         row["ours_best_GBps"] = n_in * n_out * 2.5 / best / 1e6
         x = torch.randn(4096, n_in, device="cuda", dtype=torch.bfloat16)
-        row["matmul_4096_ms"] = _timed(lambda: x @ want)
-        line = json.dumps({"device": torch.cuda.get_device_name(0), **row})
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a", encoding="utf-8") as handle:
-                handle.write(line + "\n")
+        row["matmul_4096_ms"] = timed(lambda: x @ want)
+        emit({"device": torch.cuda.get_device_name(0), **row}, args.out)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ outputs and input gradients against eager (bf16 rounding, not bit for bit: the f
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any, Callable
 
 import torch
 
 from logivote import fused
-from logivote.bench.dequant import _timed
+from logivote.bench.dequant import emit, timed
 
 
 def _case(name: str, eager: Callable[..., Any], fast: Callable[..., Any], inputs: list[torch.Tensor]) -> dict[str, Any]:
@@ -32,7 +31,7 @@ def _case(name: str, eager: Callable[..., Any], fast: Callable[..., Any], inputs
     ref, got = run(eager)(), run(fast)()
     worst = max(float((a.float() - b.float()).abs().max()) for a, b in zip(ref, got))
     scale = max(float(a.float().abs().max()) for a in ref)
-    eager_ms, fused_ms = _timed(run(eager)), _timed(run(fast))
+    eager_ms, fused_ms = timed(run(eager)), timed(run(fast))
     return {"case": name, "tokens": inputs[0].shape[0], "eager_ms": round(eager_ms, 3), "fused_ms": round(fused_ms, 3),
             "speedup": round(eager_ms / fused_ms, 2), "max_abs_diff": worst, "max_abs": scale}
 
@@ -56,11 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     rows.append({"case": "per_layer_x64_ms_saved (norms x2 + silu_mul, one pass each)",
                  "ms": round(64 * (2 * (rows[0]["eager_ms"] - rows[0]["fused_ms"]) + rows[1]["eager_ms"] - rows[1]["fused_ms"]), 1)})
     for row in rows:
-        line = json.dumps({"device": torch.cuda.get_device_name(0), **row})
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a", encoding="utf-8") as handle:
-                handle.write(line + "\n")
+        emit({"device": torch.cuda.get_device_name(0), **row}, args.out)
 
 
 if __name__ == "__main__":
