@@ -38,7 +38,7 @@ import torch
 from logivote import fused, stacked_lora
 from logivote.jsonl import atomic_write_jsonl, dumps
 from logivote.tiny_model import build_tiny_model
-from logivote.train import StepStats, TrainSettings, train_adapters, use_expandable_segments
+from logivote.train import SELECTIVE, StepStats, TrainSettings, train_adapters, use_expandable_segments
 
 from .train_gpu import SHAPES, Clock, padded_questions
 
@@ -224,7 +224,7 @@ def main() -> None:
     parser.add_argument("--quantize", choices=("none", "gptq-int4", "random-gptq-int4"), default="none",
                         help="train over a GPTQ-Int4 copy of each shape: calibrated from the float model, or random int4 weights "
                              "written directly (bench.full_depth.build_random_gptq: no float model, for full depth)")
-    parser.add_argument("--gradient-checkpointing", nargs="?", const=True, default=False, choices=(True, "selective", "selective_gate"),
+    parser.add_argument("--gradient-checkpointing", nargs="?", const=True, default=False, choices=(True, *SELECTIVE),
                         help="checkpoint every decoder layer; 'selective': keep q, k, v and o's outputs; 'selective_gate': "
                              "and the gate projection's (logivote.recompute)")
     parser.add_argument("--lora-dropout", type=float, default=0.05, help="the recipe's 0.05; 0 to compare with an anchor without dropout")
