@@ -19,7 +19,7 @@ backward. transformers' eager Qwen2 layers spend many full passes over memory on
 :func:`fuse_elementwise` swaps these in for the modules of a loaded model (a per-module ``forward``, the
 weights untouched). It is on where :data:`FUSE_ELEMENTWISE` says ("auto": a CUDA model in bf16 or fp16,
 the GPU profile); elsewhere, the CPU default among them, nothing changes, so the default's figures stay
-bit for bit what they were. Both fused forms round once where eager rounds each step in between, so on a
+bit for bit what they were. The fused forms round once where eager rounds each step in between, so on a
 GPU they agree with eager to the dtype's rounding, not bit for bit. The Triton kernels run where Triton
 runs: on CUDA, or on CPU tensors under ``TRITON_INTERPRET=1`` (how the tests check them).
 """

@@ -231,7 +231,8 @@ def main() -> None:
     parser.add_argument("--lora-gemm", choices=("auto", "onehot"), default="auto",
                         help="stacked_lora.LORA_GEMM: 'onehot' turns the grouped GEMMs off (to measure them)")
     parser.add_argument("--fuse-elementwise", choices=("auto", "off"), default="auto",
-                        help="fused.FUSE_ELEMENTWISE: 'off' keeps transformers' eager RMSNorm and SwiGLU (to measure the fusion)")
+                        help="fused.FUSE_ELEMENTWISE: 'off' keeps transformers' eager RMSNorm, SwiGLU and rotary embedding "
+                             "(to measure the fusion)")
     parser.add_argument("--work", help="keep the built bases here (reused by a later run) instead of a temporary folder")
     args = parser.parse_args()
     use_expandable_segments()  # as training does, before this process's first CUDA allocation (the peak measurement)
