@@ -38,6 +38,16 @@ ref_grads = torch.autograd.grad(ref, (q, k), grads)
 got = fused.Rotary.apply(q, k, cos, sin)
 got_grads = torch.autograd.grad(got, (q, k), grads)
 result["rotary"] = [float((a - b).abs().max()) for a, b in zip((*ref, *ref_grads), (*got, *got_grads))]
+# what the swapped-in function hands back to transformers': cos broadcast over the batch, a head size whose half is
+# not a power of two
+swapped = fused._rotary_function(apply_rotary_pos_emb)
+result["rotary_fallbacks"] = []
+for q_, k_, c_ in ((q, k, cos[:1]), (torch.randn(2, 3, 5, 12), torch.randn(2, 1, 5, 12), torch.randn(2, 5, 12))):
+    result["rotary_fallbacks"].append(max(float((a - b).abs().max()) for a, b in zip(apply_rotary_pos_emb(q_, k_, c_, c_),
+                                                                                     swapped(q_, k_, c_, c_))))
+rotary_calls = []  # the fused kernel's calls in the model runs below (a fallback to eager would give the same numbers)
+apply = fused.Rotary.apply
+fused.Rotary.apply = lambda *args: (rotary_calls.append(1), apply(*args))[1]
 
 config = Qwen2Config(vocab_size=97, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, max_position_embeddings=64)
@@ -66,7 +76,9 @@ def run(fuse, checkpointing):
 _, ref_logits, ref_grads = run("off", False)
 result["auto_on_cpu"] = run("auto", False)[0]
 for mode in (False, True, "selective"):
+    rotary_calls.clear()
     changed, logits, grads = run("on", mode)
+    result[f"rotary_calls_{mode}"] = len(rotary_calls)
     result[f"changed_{mode}"] = changed
     result[f"logits_{mode}"] = float((logits - ref_logits).abs().max())
     result[f"grads_{mode}"] = max(float(((a - b).abs().max() / b.abs().max())) for a, b in zip(grads, ref_grads))
@@ -87,9 +99,11 @@ def test_fused_rms_norm_and_swiglu_match_transformers_eager_layers() -> None:
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert max(result["silu_mul"]) < 1e-5
     assert max(result["rotary"]) < 1e-5
+    assert result["rotary_fallbacks"] == [0.0, 0.0]
     assert result["auto_on_cpu"] == {"rms_norm": 0, "silu_mul": 0, "rotary": 0}
     for mode in ("False", "True", "selective"):
         # 2 norms per layer + the final norm; 1 MLP and 1 attention per layer
         assert result[f"changed_{mode}"] == {"rms_norm": 5, "silu_mul": 2, "rotary": 2}
+        assert result[f"rotary_calls_{mode}"] >= 2  # each layer's forward (and the recompute) ran the kernel
         assert result[f"logits_{mode}"] < 1e-5
         assert result[f"grads_{mode}"] < 1e-5

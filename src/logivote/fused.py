@@ -12,9 +12,10 @@ backward. transformers' eager Qwen2 layers spend many full passes over memory on
   kernel each way and saves only ``gate`` and ``up``.
 - ``apply_rotary_pos_emb`` rotates q and k with two multiplications, a ``cat`` and a negation each, and an
   addition, over q and k viewed per head (strided, so PyTorch's slower kernels), and as many again backward:
-  at K = 21, full depth, an H100's profile gave those kernels about 90 ms of a 1.9 s step. :class:`Rotary`
+  at K = 21, full depth, an H100's profile gave those kernels about 80 ms of a 2.0 s step. :class:`Rotary`
   is one Triton kernel for q and one for k, each way; the attention's own ``forward`` runs with it in place
-  of the function its module defines (:func:`_with_fused_rotary`).
+  of the function its module defines (:func:`_with_fused_rotary`), and hands the calls it does not cover
+  (``cos`` broadcast over a batch, say) to transformers' own.
 
 :func:`fuse_elementwise` swaps these in for the modules of a loaded model (a per-module ``forward``, the
 weights untouched). It is on where :data:`FUSE_ELEMENTWISE` says ("auto": a CUDA model in bf16 or fp16,
@@ -144,9 +145,20 @@ class Rotary(torch.autograd.Function):
                 None if grad_k is None else _rotate(grad_k, cos, sin, True), None, None)
 
 
+def _fits_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int) -> bool:
+    """Whether :class:`Rotary` computes this call: ``q``, ``k`` ``[B, H, T, D]``, ``cos``, ``sin`` ``[B, T, D]`` each
+    (not broadcast over the batch), ``D / 2`` a power of two, no gradient into ``cos`` or ``sin``."""
+    if unsqueeze_dim != 1 or q.dim() != 4 or k.dim() != 4 or cos.requires_grad or sin.requires_grad:
+        return False
+    batch, _, tokens, dim = q.shape
+    half = dim // 2
+    return (dim % 2 == 0 and half & (half - 1) == 0 and (k.shape[0], k.shape[2], k.shape[3]) == (batch, tokens, dim)
+            and tuple(cos.shape) == tuple(sin.shape) == (batch, tokens, dim))
+
+
 def _rotary_function(eager: Any) -> Any:
     def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1) -> Any:
-        if unsqueeze_dim != 1 or q.dim() != 4 or cos.dim() != 3 or q.shape[-1] % 2 or cos.requires_grad or sin.requires_grad:
+        if not _fits_rotary(q, k, cos, sin, unsqueeze_dim):
             return eager(q, k, cos, sin, unsqueeze_dim)
         return Rotary.apply(q, k, cos, sin)
 
