@@ -1,4 +1,4 @@
-"""The fused RMSNorm and SwiGLU (logivote.fused): the Triton kernels run by Triton's interpreter on CPU."""
+"""The fused RMSNorm, SwiGLU and rotary embedding (logivote.fused): the Triton kernels run by Triton's interpreter on CPU."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ print(json.dumps(result))
 """
 
 
-def test_fused_rms_norm_and_swiglu_match_transformers_eager_layers() -> None:
+def test_fused_rms_norm_swiglu_and_rotary_match_transformers_eager_layers() -> None:
     """Issue 19: the fused SwiGLU kernel against ``silu(gate) * up`` and the rotary kernel against transformers'
     ``apply_rotary_pos_emb`` (values and gradients, float32), and a Qwen2 model with every RMSNorm, MLP and
     attention's rotary embedding swapped (fuse_elementwise "on") against the eager one: same logits

@@ -27,6 +27,7 @@ runs: on CUDA, or on CPU tensors under ``TRITON_INTERPRET=1`` (how the tests che
 
 from __future__ import annotations
 
+import functools
 import types
 from typing import Any
 
@@ -165,10 +166,17 @@ def _rotary_function(eager: Any) -> Any:
     return apply_rotary_pos_emb
 
 
+def _calls_rotary(forward: Any) -> bool:
+    """Whether an attention class's ``forward`` calls its module's ``apply_rotary_pos_emb``."""
+    return "apply_rotary_pos_emb" in getattr(forward, "__globals__", {}) \
+        and "apply_rotary_pos_emb" in getattr(getattr(forward, "__code__", None), "co_names", ())
+
+
+@functools.cache
 def _with_fused_rotary(forward: Any) -> Any:
     """The attention class's own ``forward``, run with :class:`Rotary` where it calls its module's
     ``apply_rotary_pos_emb`` (a copy of the function with that one global replaced: transformers' module and
-    other models are untouched)."""
+    other models are untouched); one copy per class's ``forward``."""
     names = dict(forward.__globals__)
     names["apply_rotary_pos_emb"] = _rotary_function(names["apply_rotary_pos_emb"])
     fused = types.FunctionType(forward.__code__, names, forward.__name__, forward.__defaults__, forward.__closure__)
@@ -200,14 +208,10 @@ def fuse_elementwise(model: Any) -> dict[str, int]:
     changed = {"rms_norm": 0, "silu_mul": 0, "rotary": 0}
     if not _wanted(model):
         return changed
-    rotary_forwards: dict[type, Any] = {}
     for module in model.modules():
         forward = getattr(type(module), "forward", None)
-        if type(module).__name__.endswith("Attention") and "apply_rotary_pos_emb" in getattr(forward, "__globals__", {}) \
-                and "apply_rotary_pos_emb" in getattr(getattr(forward, "__code__", None), "co_names", ()):
-            if type(module) not in rotary_forwards:
-                rotary_forwards[type(module)] = _with_fused_rotary(forward)
-            module.forward = types.MethodType(rotary_forwards[type(module)], module)
+        if type(module).__name__.endswith("Attention") and _calls_rotary(forward):
+            module.forward = types.MethodType(_with_fused_rotary(forward), module)
             changed["rotary"] += 1
         elif type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon"):
             module.forward = types.MethodType(_fused_rms_norm_forward, module)
