@@ -95,3 +95,16 @@ def test_adapter_ends_follow_the_runs_and_give_the_tail_to_the_last_adapter() ->
     assert stacked_lora._adapter_ends([(2, 5), (0, 7)], 3, 12) is None  # not in adapter order
     assert stacked_lora._adapter_ends([(0, 5), (0, 7)], 3, 12) is None  # one adapter twice
     assert stacked_lora._adapter_ends([(3, 5)], 3, 5) is None  # no such adapter
+
+
+@pytest.mark.skipif(stacked_lora._grouped_mm() is None, reason="this torch has no grouped_mm")
+def test_grouped_gemms_need_rows_aligned_to_16_bytes_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA's grouped GEMM refuses operands whose rows do not start at multiples of 16 bytes (r = 4 in bf16):
+    such a layer keeps the one-hot GEMMs. The CPU kernel has no such rule."""
+    monkeypatch.setattr(stacked_lora, "LORA_GEMM", "grouped")
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert stacked_lora._use_grouped(cuda, torch.bfloat16, (8, 128, 1024))
+    assert not stacked_lora._use_grouped(cuda, torch.bfloat16, (4, 128, 1024))
+    assert not stacked_lora._use_grouped(cuda, torch.bfloat16, (8, 100, 1024))
+    assert stacked_lora._use_grouped(cuda, torch.float32, (4, 128, 1024))
+    assert stacked_lora._use_grouped(cpu, torch.bfloat16, (4, 100, 1024))

@@ -70,8 +70,12 @@ def _grouped_mm() -> Any:
     return getattr(torch.nn.functional, "grouped_mm", None)
 
 
-def _use_grouped(device: torch.device, dtype: torch.dtype) -> bool:
+def _use_grouped(device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...]) -> bool:
+    """``sizes``: the layer's r, in and out features; on CUDA the grouped GEMM needs every row of its operands to
+    start at a multiple of 16 bytes (r = 4 in bf16 does not: "strides should be multiple of 16 bytes")."""
     if LORA_GEMM == "onehot" or _grouped_mm() is None:
+        return False
+    if device.type == "cuda" and any(n * dtype.itemsize % 16 for n in sizes):
         return False
     if LORA_GEMM == "grouped":
         return True
@@ -160,7 +164,7 @@ class StackedLoraLinear(nn.Module):
             raise RuntimeError(f"{tokens} tokens but {n} token adapters")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.tokens.single is None and _use_grouped(x.device, self.lora_A.dtype):
+        if self.tokens.single is None and _use_grouped(x.device, self.lora_A.dtype, (self.r, self.in_features, self.out_features)):
             if (ends := self.tokens.ends(x.device)) is not None:
                 return self._grouped(x, ends)
         # the base first, then the adapters: the order of autograd's gradient sums the learning figures were measured with
