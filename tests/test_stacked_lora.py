@@ -7,6 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
+from logivote.packing import adapter_ends  # noqa: E402
 from logivote import stacked_lora  # noqa: E402
 from logivote.stacked_lora import StackedLoraLinear, TokenAdapters  # noqa: E402
 
@@ -77,8 +78,10 @@ def test_grouped_gemms_give_the_one_hot_paths_outputs_and_gradients(runs: tuple[
         monkeypatch.setattr(stacked_lora, "LORA_GEMM", path)
         new, tokens, _, _ = layer(torch.float32)
         stream = torch.randn(1, 12 + 4, IN, generator=torch.Generator().manual_seed(1), requires_grad=True)
-        tokens.set(torch.tensor([a for a, n in runs for _ in range(n)] + [-1] * 4), K, runs=runs)
-        assert (tokens.ends(stream.device) is not None) == (runs[0][0] == 0)
+        ends = adapter_ends(runs, K, 12 + 4)
+        assert (ends is not None) == (runs[0][0] == 0)
+        tokens.set(torch.tensor([a for a, n in runs for _ in range(n)] + [-1] * 4), K,
+                   ends=None if ends is None else torch.tensor(ends, dtype=torch.int32))
         got = new(stream)[0]
         weights = torch.randn(got.shape, generator=torch.Generator().manual_seed(2))
         weights[12:] = 0  # the tail feeds no loss
@@ -90,11 +93,11 @@ def test_grouped_gemms_give_the_one_hot_paths_outputs_and_gradients(runs: tuple[
 
 
 def test_adapter_ends_follow_the_runs_and_give_the_tail_to_the_last_adapter() -> None:
-    assert stacked_lora._adapter_ends([(0, 7), (2, 5)], 4, 16) == [7, 7, 12, 16]
-    assert stacked_lora._adapter_ends([(1, 3)], 2, 3) == [0, 3]
-    assert stacked_lora._adapter_ends([(2, 5), (0, 7)], 3, 12) is None  # not in adapter order
-    assert stacked_lora._adapter_ends([(0, 5), (0, 7)], 3, 12) is None  # one adapter twice
-    assert stacked_lora._adapter_ends([(3, 5)], 3, 5) is None  # no such adapter
+    assert adapter_ends([(0, 7), (2, 5)], 4, 16) == [7, 7, 12, 16]
+    assert adapter_ends([(1, 3)], 2, 3) == [0, 3]
+    assert adapter_ends([(2, 5), (0, 7)], 3, 12) is None  # not in adapter order
+    assert adapter_ends([(0, 5), (0, 7)], 3, 12) is None  # one adapter twice
+    assert adapter_ends([(3, 5)], 3, 5) is None  # no such adapter
 
 
 @pytest.mark.skipif(stacked_lora._grouped_mm() is None, reason="this torch has no grouped_mm")

@@ -323,3 +323,61 @@ def test_gradient_checkpointing_is_true_false_or_selective() -> None:
     assert replace(SETTINGS, gradient_checkpointing="selective_gate").gradient_checkpointing == "selective_gate"
     with pytest.raises(ValueError, match="true, false, selective or selective_gate, not 'full'"):
         replace(SETTINGS, gradient_checkpointing="full")
+
+
+def boundaries_from_the_device(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                               scaling: float | None = None, dropout: float = 0.0, cu_seq_lens_q: Any = None,
+                               max_length_q: int | None = None, **kwargs: Any) -> tuple[Any, None]:
+    """Packed attention the way variable-length FlashAttention does it, on CPU: the sequences' boundaries read
+    from ``cu_seq_lens_q`` (a tensor a graph replays), not from lengths known on the host; ``max_length_q`` a
+    bound on every sequence."""
+    seq = torch.searchsorted(cu_seq_lens_q[1:].long(), torch.arange(query.shape[2]), right=True)  # each token's sequence
+    assert max_length_q >= int(cu_seq_lens_q.diff().max())
+    mask = (seq[:, None] == seq[None, :]).tril()
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling,
+                                                           enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2), None
+
+
+@pytest.mark.parametrize("where", ["emulated", "cuda", "cuda-checkpointing"])
+def test_steps_replayed_from_graphs_train_the_same_adapters(tiny: dict[str, Path], tmp_path: Path, where: str,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """train.cuda_graphs (logivote.cuda_graphs): a stream shape's first step runs eagerly, its later ones replay a
+    capture made over the batch kept for that shape. Two adapters with unequal streams (the shapes change when
+    one ends), bucket 64 (shapes repeat), grad_accum 2, against the same training without graphs.
+
+    "emulated" (CPU, float64): the capture hands back the step itself, run again over the kept batch at every
+    replay, and attention reads the boundaries from the device (:func:`boundaries_from_the_device`, both runs).
+    That checks what the graphs rely on (each step's tensors copied into the kept batch, a bound on the
+    lengths, the losses copied out), not CUDA's capture. "cuda" (bf16, r = 8 for the grouped GEMMs, a GPU with
+    FlashAttention): real graphs against eager steps on the same GPU, also with gradient checkpointing."""
+    from logivote import cuda_graphs, packing
+
+    if where == "emulated":
+        monkeypatch.setattr(cuda_graphs, "graph_blockers", lambda *args: [])
+        monkeypatch.setattr(cuda_graphs, "cuda_graph_capture", lambda: lambda step: step)
+        monkeypatch.setattr(packing, "packed_attention", boundaries_from_the_device)
+        settings, atol = replace(EXACT, bucket_tokens=64, grad_accum=2), 0.0
+    elif not torch.cuda.is_available():
+        pytest.skip("no GPU")
+    else:
+        settings, atol = replace(EXACT, bucket_tokens=64, grad_accum=2, dtype="bfloat16", gpus=1, lora_r=8, lora_alpha=16,
+                                 gradient_checkpointing=where.endswith("checkpointing")), 0.0
+    bags = subsets(tiny, {3: 0.25, 4: 0.1})
+    for name, graphs in (("eager", False), ("graphs", True)):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="logivote.train"):
+            train_adapters(tiny["base"], bags, {k: tmp_path / name / str(k) for k in bags}, tmp_path / f"c-{name}",
+                           replace(settings, cuda_graphs=graphs))
+        replayed = re.findall(r"CUDA graphs: (\d+) stream shapes captured, (\d+) of 60 steps replayed", caplog.text)
+        if graphs:
+            shapes, replays = map(int, replayed[0])
+            assert shapes >= 2 and replays >= 30, replayed  # both row counts, most steps
+        else:
+            assert not replayed
+    for k in bags:
+        assert_same_adapters(tmp_path / "eager" / str(k), tmp_path / "graphs" / str(k), atol=atol)
+        for name in ("loss_curve.tsv",):
+            assert (tmp_path / "graphs" / str(k) / name).read_text() == (tmp_path / "eager" / str(k) / name).read_text()
+

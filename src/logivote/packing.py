@@ -41,15 +41,20 @@ class PackedBatch:
     lengths: tuple[int, ...]  # tokens of each row, on the host
     seq_lengths: tuple[int, ...]  # tokens of each attention sequence (the rows, then the tail if any), on the host
     row_adapters: tuple[int, ...]  # the adapter of each row, on the host
-
-    @property
-    def adapter_runs(self) -> tuple[tuple[int, int], ...]:
-        """(adapter, tokens) of each row in stream order: ``token_adapter`` as the host knows it, tail left out."""
-        return tuple(zip(self.row_adapters, self.lengths))
+    adapter_ends: Any = None  # [K] int32: the stream position after each adapter's run (:func:`adapter_ends`); None
+    # where pack was not told K or the rows are not in adapter order
+    max_length: int | None = None  # a bound on every sequence's length for the attention kernel (default: the longest)
 
     def attention_kwargs(self) -> dict[str, Any]:
         """What :func:`packed_attention` needs, as keyword arguments of the model's forward."""
-        return {"cu_seq_lens_q": self.cu_seq_lens, "max_length_q": max(self.seq_lengths), "packed_lengths": self.seq_lengths}
+        longest = max(self.seq_lengths) if self.max_length is None else self.max_length
+        return {"cu_seq_lens_q": self.cu_seq_lens, "max_length_q": longest, "packed_lengths": self.seq_lengths}
+
+    def device_tensors(self) -> dict[str, Any]:
+        """The fields that live on the device (what a CUDA graph of a step reads: :mod:`logivote.cuda_graphs`)."""
+        names = ("input_ids", "position_ids", "token_adapter", "cu_seq_lens", "label_at", "label_row", "targets",
+                 "label_weight", "adapter_ends")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     @property
     def real_tokens(self) -> int:
@@ -61,9 +66,9 @@ class PackedBatch:
 
 
 def pack(examples: Sequence[dict[str, list[int]]], pad_id: int, device: Any, bucket: int = 1,
-         adapters: Sequence[int] | None = None) -> PackedBatch:
+         adapters: Sequence[int] | None = None, k: int | None = None) -> PackedBatch:
     """Pack ``examples`` (``input_ids`` and ``labels`` as :func:`logivote.prompt.encode_example` writes them);
-    row i belongs to adapter ``adapters[i]`` (default: i)."""
+    row i belongs to adapter ``adapters[i]`` (default: i) of ``k`` (given: the batch carries :func:`adapter_ends`)."""
     import torch
 
     if not examples:
@@ -101,6 +106,7 @@ def pack(examples: Sequence[dict[str, list[int]]], pad_id: int, device: Any, buc
         return to_device(xs, torch.long, device)
 
     counts = Counter(label_row)
+    ends = None if k is None else adapter_ends(list(zip(adapters, lengths)), k, len(ids))
     return PackedBatch(
         input_ids=as_long(ids).unsqueeze(0),
         position_ids=as_long(positions).unsqueeze(0),
@@ -113,7 +119,25 @@ def pack(examples: Sequence[dict[str, list[int]]], pad_id: int, device: Any, buc
         lengths=lengths,
         seq_lengths=seq_lengths,
         row_adapters=tuple(adapters),
+        adapter_ends=None if ends is None else to_device(ends, torch.int32, device),
     )
+
+
+def adapter_ends(runs: Sequence[tuple[int, int]], k: int, total: int) -> list[int] | None:
+    """Where each of ``k`` adapters' run of tokens ends in a stream of ``total`` tokens whose rows are the (adapter,
+    tokens) ``runs``: the grouped LoRA GEMMs' offsets (:mod:`logivote.stacked_lora`). An adapter without a row ends
+    where the one before it does; the bucket tail joins the last run. None where the runs are not one per adapter
+    in adapter order."""
+    adapters = [a for a, _ in runs]
+    if any(not 0 <= a < k for a in adapters) or any(b <= a for a, b in zip(adapters, adapters[1:])):
+        return None
+    ends, at = [], 0
+    lengths = dict(runs)
+    for adapter in range(k):
+        at += lengths.get(adapter, 0)
+        ends.append(at)
+    ends[-1] = total  # the bucket tail joins the last run
+    return ends
 
 
 def row_losses(logits: Any, batch: PackedBatch) -> Any:

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from .frozen_gptq import frozen_forward
-from .packing import cuda_capability, to_device
+from .packing import cuda_capability
 
 
 @dataclass(frozen=True)
@@ -96,23 +96,16 @@ class TokenAdapters:
         self.single: int | None = None
         self.k = 0
         self._onehot: dict[tuple[torch.dtype, float], torch.Tensor] = {}
-        self._host_ends: list[int] | None = None
         self._ends: torch.Tensor | None = None
 
-    def set(self, ids: torch.Tensor | None, k: int, single: int | None = None,
-            runs: Sequence[tuple[int, int]] | None = None) -> None:
-        """``runs``: the stream's (adapter, tokens) runs in order, as the host knows them (``ids`` without the tail)."""
-        self.ids, self.k, self.single, self._onehot = ids, k, single, {}
-        self._host_ends = _adapter_ends(runs, k, int(ids.shape[0])) if runs is not None and ids is not None else None
-        self._ends = None
+    def set(self, ids: torch.Tensor | None, k: int, single: int | None = None, ends: torch.Tensor | None = None) -> None:
+        """``ends``: [K] int32 on the device, where each adapter's run of tokens ends (:func:`logivote.packing.adapter_ends`),
+        given where the tokens come in one run per adapter in adapter order."""
+        self.ids, self.k, self.single, self._onehot, self._ends = ids, k, single, {}, ends
 
-    def ends(self, device: torch.device) -> torch.Tensor | None:
+    def ends(self) -> torch.Tensor | None:
         """[K] int32: the stream position after each adapter's run (the last one at T), or None where the tokens
         do not come in one run per adapter in adapter order."""
-        if self._host_ends is None:
-            return None
-        if self._ends is None:
-            self._ends = to_device(self._host_ends, torch.int32, device)
         return self._ends
 
     def onehot(self, dtype: torch.dtype, scale: float) -> torch.Tensor:
@@ -123,19 +116,6 @@ class TokenAdapters:
         if key not in self._onehot:
             self._onehot[key] = ((self.ids[:, None] == torch.arange(self.k, device=self.ids.device)).to(dtype) * scale).unsqueeze(-1)
         return self._onehot[key]
-
-
-def _adapter_ends(runs: Sequence[tuple[int, int]], k: int, total: int) -> list[int] | None:
-    adapters = [a for a, _ in runs]
-    if any(not 0 <= a < k for a in adapters) or any(b <= a for a, b in zip(adapters, adapters[1:])):
-        return None
-    ends, at = [], 0
-    lengths = dict(runs)
-    for adapter in range(k):
-        at += lengths.get(adapter, 0)
-        ends.append(at)
-    ends[-1] = total  # the bucket tail joins the last run
-    return ends
 
 
 class StackedLoraLinear(nn.Module):
@@ -165,7 +145,7 @@ class StackedLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tokens.single is None and _use_grouped(x.device, self.lora_A.dtype, (self.r, self.in_features, self.out_features)):
-            if (ends := self.tokens.ends(x.device)) is not None:
+            if (ends := self.tokens.ends()) is not None:
                 return self._grouped(x, ends)
         # the base first, then the adapters: the order of autograd's gradient sums the learning figures were measured with
         out = self._base(x)
@@ -240,11 +220,11 @@ class StackedLora:
         return [p for layer in self.layers.values() for p in (layer.lora_A, layer.lora_B)]
 
     @contextmanager
-    def tokens(self, ids: torch.Tensor, runs: Sequence[tuple[int, int]] | None = None) -> Iterator[None]:
+    def tokens(self, ids: torch.Tensor, ends: torch.Tensor | None = None) -> Iterator[None]:
         """Token t of the stream goes through adapter ``ids[t]`` (-1: none); keep it open through the backward
-        (gradient checkpointing reruns the forward there). ``runs``: the same as (adapter, tokens) runs on the
-        host, which lets the grouped GEMMs run (see the module docstring)."""
-        self.token_adapters.set(ids, self.k, runs=runs)
+        (gradient checkpointing reruns the forward there). ``ends``: where each adapter's run ends, on the device
+        (:attr:`logivote.packing.PackedBatch.adapter_ends`), which lets the grouped GEMMs run (module docstring)."""
+        self.token_adapters.set(ids, self.k, ends=ends)
         try:
             yield
         finally:

@@ -86,6 +86,7 @@ class TrainSettings:
     adapters_per_job: int = 1
     max_grad_norm: float = 1.0  # per adapter, as transformers' Trainer clips by default
     bucket_tokens: int = 1  # the packed stream's length is rounded up to a multiple of this (static shapes on GPUs)
+    cuda_graphs: bool = False  # replay each stream shape's forward + backward from a CUDA graph (logivote.cuda_graphs)
 
     def __post_init__(self) -> None:
         if self.gradient_checkpointing not in (True, False, *SELECTIVE):
@@ -109,7 +110,8 @@ def resolve_dtype(name: str, on_gpu: bool) -> Any:
 
 def fingerprint(settings: TrainSettings, subset_paths: Mapping[int, str | os.PathLike[str]], base_dir: str | os.PathLike[str]) -> str:
     """What a checkpoint must match to be resumed (threads/gpus/logging excluded: they do not change the math)."""
-    knobs = {k: v for k, v in asdict(settings).items() if k not in ("threads", "gpus", "logging_steps", "adapters_per_job")}
+    knobs = {k: v for k, v in asdict(settings).items()
+             if k not in ("threads", "gpus", "logging_steps", "adapters_per_job", "cuda_graphs")}
     base_config = Path(base_dir) / "config.json"
     payload = {
         "settings": knobs,
@@ -329,6 +331,7 @@ def train_adapters(
     import torch
     from tqdm import tqdm
 
+    from .cuda_graphs import StepGraphs, graphed
     from .fused import fuse_elementwise
     from .packing import pack, row_losses, use_packed_attention
     from .stacked_adamw import StackedAdamW
@@ -390,16 +393,25 @@ def train_adapters(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     total_steps = max(len(s) for s in streams)
     loss_log = _LossLog(adapters, losses, settings.learning_rate)
+
+    def forward_backward(batch: Any) -> Any:
+        """The rows' losses ([R], detached: nothing of the step's autograd graph outlives it, which a CUDA graph
+        capture of the next step needs); their gradients are added to the adapters' (the optimizer steps outside)."""
+        with lora.tokens(batch.token_adapter, batch.adapter_ends):  # through the backward too: gradient checkpointing reruns the forward there
+            hidden = body(input_ids=batch.input_ids, position_ids=batch.position_ids, **batch.attention_kwargs()).last_hidden_state
+            row_loss = row_losses(head(hidden[0, batch.label_at]), batch)
+            (row_loss.sum() / settings.grad_accum).backward()
+        return row_loss.detach()
+
+    step_fn = graphed(forward_backward, {p.device for p in model.parameters()}, dtype) if settings.cuda_graphs else forward_backward
     real = padded = 0
     began = time.perf_counter()
     bar = tqdm(total=total_steps, initial=start, desc=f"train adapters {adapters[0]}-{adapters[-1]}", unit="step", mininterval=1.0)
     for step in range(start, total_steps):
         active = [i for i, stream in enumerate(streams) if step < len(stream)]
-        batch = pack([examples[i][streams[i][step]] for i in active], pad_id, device, settings.bucket_tokens, adapters=active)
-        with lora.tokens(batch.token_adapter, batch.adapter_runs):  # through the backward too: gradient checkpointing reruns the forward there
-            hidden = body(input_ids=batch.input_ids, position_ids=batch.position_ids, **batch.attention_kwargs()).last_hidden_state
-            row_loss = row_losses(head(hidden[0, batch.label_at]), batch)
-            (row_loss.sum() / settings.grad_accum).backward()
+        batch = pack([examples[i][streams[i][step]] for i in active], pad_id, device, settings.bucket_tokens,
+                     adapters=active, k=len(adapters))
+        row_loss = step_fn(batch)
         loss_log.add(step, active, row_loss)
         stepping = [i for i in active if (step + 1) % settings.grad_accum == 0 or step + 1 == len(streams[i])]
         if stepping:
@@ -421,6 +433,8 @@ def train_adapters(
     elapsed = time.perf_counter() - began
     log.info("training done: %d steps in %.1f s; %d real tokens, %.1f %% of the streams' tokens were bucket padding",
              total_steps - start, elapsed, real, 100 * padded / max(real + padded, 1))
+    if isinstance(step_fn, StepGraphs):
+        log.info("CUDA graphs: %d stream shapes captured, %d of %d steps replayed", len(step_fn.graphs), step_fn.replays, total_steps - start)
 
     for i, k in enumerate(adapters):
         with atomic_directory(out_dirs[k]) as tmp:

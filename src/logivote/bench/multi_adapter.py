@@ -89,10 +89,11 @@ def body_and_head_params(base: Path) -> tuple[int, int]:
 
 
 def settings_for(on_gpu: bool, steps: int, bucket: int = 1, gradient_checkpointing: bool | str = False,
-                 lora_dropout: float = 0.05) -> TrainSettings:
+                 lora_dropout: float = 0.05, cuda_graphs: bool = False) -> TrainSettings:
     return TrainSettings(epochs=1, batch_size=1, grad_accum=1, learning_rate=1e-4, max_len=2048, save_steps=10**6,
                          logging_steps=20, dtype="bfloat16" if on_gpu else "float32", gpus=1 if on_gpu else 0, threads=4,
-                         lora_dropout=lora_dropout, bucket_tokens=bucket, gradient_checkpointing=gradient_checkpointing)
+                         lora_dropout=lora_dropout, bucket_tokens=bucket, gradient_checkpointing=gradient_checkpointing,
+                         cuda_graphs=cuda_graphs)
 
 
 def busy_ms(events: Any) -> float:
@@ -111,8 +112,8 @@ class Profiled(Clock):
     """A :class:`Clock` that also records steps 11-13 with torch.profiler: where the time of a step goes (three steps: a
     full-depth step makes about 100 000 events)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, warmup: int = 5) -> None:
+        super().__init__(warmup)
         self.profiler: Any = None
         self.table = ""
         self.gpu_busy_ms = 0.0
@@ -139,20 +140,21 @@ class Profiled(Clock):
 
 
 def run_multi(base: Path, subsets: dict[int, Path], workdir: Path, steps: int, peak: float, profile: bool = False,
-              bucket: int = 1, gradient_checkpointing: bool | str = False, lora_dropout: float = 0.05) -> dict[str, Any]:
+              bucket: int = 1, gradient_checkpointing: bool | str = False, lora_dropout: float = 0.05,
+              cuda_graphs: bool = False, warmup: int = 5) -> dict[str, Any]:
     on_gpu = torch.cuda.is_available()
     gc.collect()  # frees the previous case's model where nothing else holds it (gptqmodel does: peak memory is then
     # right only for a process's first case; README)
     if on_gpu:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    clock = Profiled() if profile else Clock()
+    clock = Profiled(warmup) if profile else Clock(warmup)
     tag = f"k{len(subsets)}-{time.time_ns()}"
-    train_adapters(base, subsets, {k: workdir / tag / str(k) for k in subsets}, workdir / f"ckpt-{tag}", settings_for(on_gpu, steps, bucket, gradient_checkpointing, lora_dropout),
+    train_adapters(base, subsets, {k: workdir / tag / str(k) for k in subsets}, workdir / f"ckpt-{tag}", settings_for(on_gpu, steps, bucket, gradient_checkpointing, lora_dropout, cuda_graphs),
                    on_step=clock)
     result = {**summarize(clock, base, peak, len(subsets)), "bucket_tokens": bucket, "gradient_checkpointing": gradient_checkpointing,
               "lora_dropout": lora_dropout, "lora_gemm": stacked_lora.LORA_GEMM, "fuse_elementwise": fused.FUSE_ELEMENTWISE,
-              "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}
+              "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), "cuda_graphs": cuda_graphs, "untimed_steps": warmup}
     if profile:
         print(f"--- profile, K={len(subsets)}, steps 11-13: {clock.wall_ms:.1f} ms per step, GPU busy {clock.gpu_busy_ms:.1f} ms per step\n{clock.table}", flush=True)
         result.update(profiled_step_ms=clock.wall_ms, gpu_busy_ms_per_step=clock.gpu_busy_ms)
@@ -233,6 +235,8 @@ def main() -> None:
     parser.add_argument("--fuse-elementwise", choices=("auto", "off"), default="auto",
                         help="fused.FUSE_ELEMENTWISE: 'off' keeps transformers' eager RMSNorm, SwiGLU and rotary embedding "
                              "(to measure the fusion)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="train.cuda_graphs: replay each stream shape's step from a CUDA graph")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed first steps (with --cuda-graphs: those that meet a shape first)")
     parser.add_argument("--work", help="keep the built bases here (reused by a later run) instead of a temporary folder")
     args = parser.parse_args()
     use_expandable_segments()  # as training does, before this process's first CUDA allocation (the peak measurement)
@@ -285,7 +289,7 @@ def main() -> None:
                 try:
                     emit({**common, "path": "train_adapters",
                           **run_multi(base, {i: subsets[i] for i in range(k)}, work, args.steps, peak, args.profile, bucket,
-                                      args.gradient_checkpointing, args.lora_dropout)})
+                                      args.gradient_checkpointing, args.lora_dropout, args.cuda_graphs, args.warmup)})
                 except torch.OutOfMemoryError:
                     emit({**common, "path": "train_adapters", "K": k, "error": "OOM"})
                 except Exception as err:  # noqa: BLE001
