@@ -100,13 +100,13 @@ class StepGraphs:
 
 def graph_blockers(devices: set[torch.device], dtype: torch.dtype) -> list[str]:
     """Why a step over a model on ``devices`` in ``dtype`` cannot be replayed from CUDA graphs here (empty: it can)."""
-    from .packing import _varlen, cuda_capability
+    from .packing import varlen_attention
 
     if any(d.type != "cuda" for d in devices):
         return ["the model is not (all) on a GPU"]
     if len(devices) > 1:
         return [f"the model is spread over {len(devices)} GPUs (a capture records one GPU's stream)"]
-    if dtype not in (torch.float16, torch.bfloat16) or cuda_capability(next(iter(devices))) < (8, 0) or _varlen() is None:
+    if varlen_attention(next(iter(devices)), dtype) is None:
         return ["attention is not variable-length FlashAttention here (it needs an Ampere or newer GPU, bf16 or fp16, "
                 "and torch.nn.attention.varlen)"]
     return []

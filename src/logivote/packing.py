@@ -179,6 +179,17 @@ def cuda_capability(device: Any) -> tuple[int, int]:
     return tuple(torch.cuda.get_device_capability(device))  # type: ignore[return-value]
 
 
+def varlen_attention(device: Any, dtype: Any) -> Any:
+    """torch's variable-length FlashAttention where :func:`packed_attention` uses it for tensors on ``device`` in
+    ``dtype`` (an Ampere or newer GPU, bf16 or fp16, a torch that has it), else None: per-row attention."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16) or cuda_capability(device) < (8, 0):
+        return None
+    return _varlen()
+
+
 @functools.cache
 def _parameters(function: Any) -> frozenset[str]:
     return frozenset(inspect.signature(function).parameters)
@@ -203,8 +214,7 @@ def packed_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
         return out.transpose(1, 2), None
     if query.shape[0] != 1:
         raise ValueError(f"a packed stream is one batch row, got {query.shape[0]}")
-    flash = query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and cuda_capability(query.device) >= (8, 0)
-    varlen = _varlen() if flash else None  # FlashAttention needs an Ampere or newer GPU: a V100 attends row by row
+    varlen = varlen_attention(query.device, query.dtype)  # a V100 attends row by row
     if varlen is not None:
         q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, H, D]
         options = {"window_size": (-1, 0)} if "window_size" in _parameters(varlen) else {"is_causal": True}  # the torch of 2026 / 2.9

@@ -96,17 +96,12 @@ class TokenAdapters:
         self.single: int | None = None
         self.k = 0
         self._onehot: dict[tuple[torch.dtype, float], torch.Tensor] = {}
-        self._ends: torch.Tensor | None = None
+        # [K] int32 on the device: the stream position after each adapter's run (the last one at T;
+        # logivote.packing.adapter_ends), or None where the tokens do not come in one run per adapter in adapter order
+        self.ends: torch.Tensor | None = None
 
     def set(self, ids: torch.Tensor | None, k: int, single: int | None = None, ends: torch.Tensor | None = None) -> None:
-        """``ends``: [K] int32 on the device, where each adapter's run of tokens ends (:func:`logivote.packing.adapter_ends`),
-        given where the tokens come in one run per adapter in adapter order."""
-        self.ids, self.k, self.single, self._onehot, self._ends = ids, k, single, {}, ends
-
-    def ends(self) -> torch.Tensor | None:
-        """[K] int32: the stream position after each adapter's run (the last one at T), or None where the tokens
-        do not come in one run per adapter in adapter order."""
-        return self._ends
+        self.ids, self.k, self.single, self._onehot, self.ends = ids, k, single, {}, ends
 
     def onehot(self, dtype: torch.dtype, scale: float) -> torch.Tensor:
         """[T, K, 1]: ``scale`` where a token belongs to an adapter, else 0 (built once per step, shared by every layer)."""
@@ -145,7 +140,7 @@ class StackedLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tokens.single is None and _use_grouped(x.device, self.lora_A.dtype, (self.r, self.in_features, self.out_features)):
-            if (ends := self.tokens.ends()) is not None:
+            if (ends := self.tokens.ends) is not None:
                 return self._grouped(x, ends)
         # the base first, then the adapters: the order of autograd's gradient sums the learning figures were measured with
         out = self._base(x)
