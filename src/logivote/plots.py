@@ -48,7 +48,9 @@ def adapter_accuracy(metrics: Mapping[str, Any], path: str) -> None:
                     label=f"{'out-of-bag' if split == 'oob' else 'dev'} (n ≈ {round(sum(r['n'] for r in rows) / max(len(rows), 1))} per adapter)")
         ax.set_xticks(range(len(names)), names)
     _baselines(ax, metrics)
-    ax.set(xlabel="adapter", ylabel="accuracy", ylim=(0, 1), title="Single-adapter accuracy (95 % Wilson intervals)")
+    serving = metrics.get("serving")
+    served = f"\nserved: {serving['weights']} weights in {serving['dtype']} ({serving['kernels']})" if serving else ""
+    ax.set(xlabel="adapter", ylabel="accuracy", ylim=(0, 1), title="Single-adapter accuracy (95 % Wilson intervals)" + served)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # below the axes: never over a point
     _save(fig, path)
 

@@ -172,3 +172,87 @@ def build_quantized(question_files: Sequence[str | os.PathLike[str]], out_dir: s
     log.info("quantized vs float logits on %d prompts (%d positions): mean |diff| %.4g (mean |logit| %.4g), top-1 agreement %.1f %%",
              cmp["prompts"], cmp["positions"], cmp["mean_abs_logit_diff"], cmp["mean_abs_logit_float"], 100 * cmp["top1_agreement"])
     return report
+
+
+# Files of a GPTQ checkpoint that a dequantized copy must not carry (it is a plain float model).
+_GPTQ_ONLY_FILES = ("quantize_config.json", "quant_log.csv")
+_GPTQ_TENSORS = ("qweight", "qzeros", "scales", "g_idx")
+
+
+def _unpack_int4(packed: Any, dim: int) -> Any:
+    """int32 words holding eight 4-bit codes (code ``j`` in bits ``4 j .. 4 j + 3``) unpacked along ``dim``."""
+    import torch
+
+    shifts = torch.arange(0, 32, 4, dtype=torch.int32, device=packed.device)
+    if dim == 0:  # qweight [in / 8, out] -> [in, out]
+        codes = (packed.unsqueeze(1) >> shifts.view(1, 8, 1)) & 0xF
+        return codes.reshape(packed.shape[0] * 8, packed.shape[1])
+    codes = (packed.unsqueeze(2) >> shifts.view(1, 1, 8)) & 0xF  # qzeros [groups, out / 8] -> [groups, out]
+    return codes.reshape(packed.shape[0], packed.shape[1] * 8)
+
+
+def dequantize_linear(qweight: Any, qzeros: Any, scales: Any, g_idx: Any, v1_zeros: bool) -> Any:
+    """One GPTQ-Int4 linear as a float32 ``weight [out, in]`` (nn.Linear's layout).
+
+    ``W[i, o] = scales[g, o] * (q[i, o] - z[g, o])`` with ``g = g_idx[i]``. Checkpoints in GPTQ's v1
+    format (``checkpoint_format: gptq``, what gptqmodel writes and Qwen publishes) store each zero point
+    minus one; ``v1_zeros`` adds it back. Exact in float32: codes and zeros are 4-bit integers, the
+    scales float16.
+    """
+    import torch
+
+    codes = _unpack_int4(qweight, 0).to(torch.float32)
+    zeros = _unpack_int4(qzeros, 1).to(torch.float32) + (1.0 if v1_zeros else 0.0)
+    rows = g_idx.long()
+    weight = scales.to(torch.float32)[rows] * (codes - zeros[rows])
+    return weight.t().contiguous()
+
+
+def dequantize_checkpoint(src_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], dtype: str) -> None:
+    """A GPTQ-Int4 checkpoint rewritten as the same model with plain ``dtype`` weights, for a server that has no int4 kernel.
+
+    Every quantized linear becomes a ``weight`` (its ``bias`` stays); every other tensor is cast to
+    ``dtype``; config.json loses ``quantization_config``; tokenizer, chat template and the rest are
+    copied. The module names do not change, so LoRA adapters trained over the int4 linears apply to the
+    dequantized ones as they are. Sharded checkpoints keep their shards and index.
+    """
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    src, out = Path(src_dir), Path(out_dir)
+    config = json.loads((src / "config.json").read_text())
+    quant = config.pop("quantization_config", None) or {}
+    if str(quant.get("quant_method", "")).lower() != "gptq" or int(quant.get("bits", 0)) != 4:
+        raise ValueError(f"{src}: not a GPTQ-Int4 checkpoint (config.json quantization_config: {quant or 'none'})")
+    v1_zeros = str(quant.get("checkpoint_format", quant.get("format", "gptq"))).lower() == "gptq"
+    target = getattr(torch, dtype)
+    out.mkdir(parents=True, exist_ok=True)
+    renamed: dict[str, str] = {}
+    for shard in sorted(src.glob("*.safetensors")):
+        tensors: dict[str, Any] = {}
+        with safe_open(str(shard), framework="pt") as handle:
+            names = list(handle.keys())
+            linears = sorted({name.rsplit(".", 1)[0] for name in names if name.endswith(".qweight")})
+            for prefix in linears:
+                parts = {part: handle.get_tensor(f"{prefix}.{part}") for part in _GPTQ_TENSORS}
+                tensors[f"{prefix}.weight"] = dequantize_linear(parts["qweight"], parts["qzeros"], parts["scales"],
+                                                                parts["g_idx"], v1_zeros).to(target)
+                for part in _GPTQ_TENSORS:
+                    renamed[f"{prefix}.{part}"] = f"{prefix}.weight"
+            for name in names:
+                if name.rsplit(".", 1)[-1] not in _GPTQ_TENSORS:
+                    tensor = handle.get_tensor(name)
+                    tensors[name] = tensor.to(target) if tensor.is_floating_point() else tensor
+        save_file(tensors, str(out / shard.name), metadata={"format": "pt"})
+    for extra in src.iterdir():
+        if extra.suffix == ".safetensors" or extra.name in _GPTQ_ONLY_FILES or extra.name == "config.json":
+            continue
+        if extra.name.endswith(".safetensors.index.json"):
+            index = json.loads(extra.read_text())
+            index["weight_map"] = {renamed.get(name, name): file for name, file in index["weight_map"].items()}
+            (out / extra.name).write_text(json.dumps(index, indent=2) + "\n")
+        elif extra.is_file():
+            shutil.copy2(extra, out / extra.name)
+    config["torch_dtype"] = config["dtype"] = dtype
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")

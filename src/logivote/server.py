@@ -6,7 +6,8 @@ waits for ``GET /health`` up to a timeout, and always stops the whole group on
 the way out: on success, on an exception in the block, on SIGTERM/SIGINT
 (Snakemake's Ctrl-C), and — through ``PR_SET_PDEATHSIG`` — when the process
 that started it is killed outright. If the server never becomes healthy or
-dies, the error carries the tail of its log.
+dies, the error starts with the engine's own exception from its log (:func:`failure_summary`), then
+the log's path (or, where the log names no exception, its tail).
 
 Each server gets a fresh random API key (:attr:`VllmServer.api_key`): on a shared machine or a SLURM
 node every other user could otherwise query it on 127.0.0.1 and read the adapters' answers. The key
@@ -20,6 +21,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -45,7 +47,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GO
 
 
 class ServerError(RuntimeError):
-    """The server did not start, or died; the message ends with the tail of its log."""
+    """The server did not start, or died; the message starts with the cause found in its log (:func:`failure_message`)."""
 
 
 @dataclass
@@ -102,6 +104,47 @@ def log_tail(path: str | os.PathLike[str], lines: int = 40) -> str:
     except OSError:
         return "(no server log)"
     return "\n".join(text.splitlines()[-lines:])
+
+
+# "(EngineCore pid=12) ERROR 12-03 08:56:26 [core.py:1510] text": vLLM's logger prefix, with the level
+_VLLM_PREFIX = re.compile(r"^(?:\(\w+ pid=\d+\) )?(DEBUG|INFO|WARNING|ERROR|CRITICAL) \d\d-\d\d [\d:]+ \[[^\]]*\] ?")
+# the last line of a Python traceback: "AttributeError: ...", "torch.OutOfMemoryError: ...", "KeyboardInterrupt"
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b(?::.*)?$")
+_TRACEBACK_PART = re.compile(r"^(?:\s|Traceback |During handling |The above exception |\^)")
+
+
+def failure_summary(path: str | os.PathLike[str], error_lines: int = 5) -> str:
+    """What killed a vLLM server, from its log: the engine's own exception first, then its ERROR lines.
+
+    The cause is the first exception line vLLM logged at ERROR level (the engine's traceback, which
+    comes before the API server's "Engine core initialization failed" or shutdown messages), else the
+    last line of the log's last plain traceback. Shutdown chatter, leak warnings and traceback frames
+    are left out; the full log is one path away. Empty when the log names no exception or error.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    logged_exceptions, plain_exceptions, errors = [], [], []
+    for line in lines:
+        prefix = _VLLM_PREFIX.match(line)
+        text = line[prefix.end():] if prefix else line
+        if _EXCEPTION.match(text):
+            (logged_exceptions if prefix and prefix.group(1) in ("ERROR", "CRITICAL") else plain_exceptions).append(text.strip())
+        elif prefix and prefix.group(1) in ("ERROR", "CRITICAL") and not _TRACEBACK_PART.match(text) and text.strip():
+            if text.strip() not in errors:
+                errors.append(text.strip())
+    cause = (logged_exceptions or plain_exceptions[-1:] or [""])[0]
+    shown = [e for e in errors if e != cause][:error_lines]
+    return "\n".join([cause, *(f"  ERROR: {e}" for e in shown)]).strip()
+
+
+def failure_message(what: str, path: str | os.PathLike[str]) -> str:
+    """``what`` happened to the server: its cause (:func:`failure_summary`) first, then the log's path."""
+    summary = failure_summary(path)
+    if summary:
+        return f"{what}: {summary}\n(full server log: {path})"
+    return f"{what}; no exception in its log; last lines of {path}:\n{log_tail(path)}"
 
 
 class VllmServer:
@@ -163,16 +206,14 @@ class VllmServer:
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
-                raise ServerError(
-                    f"vLLM server not healthy within {self.spec.health_timeout_s:.0f} s; last lines of {self.log_path}:\n{log_tail(self.log_path)}"
-                )
+                raise ServerError(failure_message(f"vLLM server not healthy within {self.spec.health_timeout_s:.0f} s", self.log_path))
             time.sleep(1.0)
 
     def check_alive(self) -> None:
         """Raise :class:`ServerError` if the server process has exited."""
         if self.process is not None and (code := self.process.poll()) is not None:
             how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
-            raise ServerError(f"vLLM server (pid {self.process.pid}) {how}; last lines of {self.log_path}:\n{log_tail(self.log_path)}")
+            raise ServerError(failure_message(f"vLLM server (pid {self.process.pid}) {how}", self.log_path))
 
     def stop(self, grace_s: float = 20.0) -> None:
         """Stop the server's whole process group: SIGTERM, then SIGKILL after ``grace_s``."""

@@ -62,6 +62,8 @@ def adapter_dirs():
 
 
 ANSWER_CACHE = "results/cache/answers.jsonl"
+# how the predict phase served the base: int4 or dequantized weights, and why (logivote.serving_path)
+SERVING_RECORD = "results/predictions/serving.json"
 
 
 def prediction_files():

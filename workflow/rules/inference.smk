@@ -6,6 +6,7 @@ rule predict:
         test="results/data/test.jsonl",
     output:
         predictions=prediction_files(),
+        serving=SERVING_RECORD,
         oob=eval_files("oob"),
         dev=eval_files("dev"),
     params:
@@ -105,6 +106,7 @@ rule evaluate:
         predictions=prediction_files(),
         round1="results/votes/round1.jsonl",
         round2="results/votes/round2.jsonl",
+        serving=SERVING_RECORD,
     output:
         metrics="results/eval/metrics.json",
         adapters=report("results/eval/adapters.tsv", caption="../report/adapters_table.rst", category="Evaluation"),

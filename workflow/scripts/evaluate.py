@@ -17,4 +17,5 @@ with log_to(snakemake.log[0]):
         snakemake.params.seed,
         snakemake.input.dev_questions,
         snakemake.input.dev_round2,
+        snakemake.input.serving,
     )

