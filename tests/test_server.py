@@ -128,6 +128,34 @@ def test_a_server_that_dies_at_its_first_request_names_the_engines_exception_fir
     assert "nanobind" in log_path.read_text()  # the chatter was there, and left out
 
 
+def test_a_request_that_fails_for_good_stops_the_phase_within_seconds(tmp_path: Path) -> None:
+    """Issue 31, point 5: an HTTP 4xx other than 408/429 cannot succeed on retry. With 15 requests in flight for 60 s
+    each (and 6 tries of 600 s allowed), the phase stops at once: no retry, queued requests dropped, the server
+    stopped, and the error names the adapter, the question and the server's answer."""
+    from logivote.client import AnswerCache, Ask, ClientSettings, RequestFailed, ask_all
+
+    def question(i: int) -> dict:
+        return {"qid": f"p#{i}", "puzzle_id": "p", "question_index": i, "source": "s", "problem": "?", "question": "?",
+                "options": ["x", "y"], "answer": None}
+
+    asks = [Ask("lora-A", "fp", question(i)) for i in range(15)] + [Ask("lora-R", "fp", question(99))]
+    asks += [Ask("lora-B", "fp", question(i)) for i in range(40)]  # queued behind the first 16
+    cache = AnswerCache(str(tmp_path / "cache.jsonl"))
+    with pytest.raises(RequestFailed) as info:
+        with VllmServer(fake_spec("reject", health_timeout_s=30), tmp_path / "server.log") as server:
+            pid = server.process.pid
+            started = time.monotonic()
+            ask_all(server.url, asks, cache, ClientSettings(threads=16, timeout_s=600, retries=5, backoff_s=0.5),
+                    alive=server.check_alive, api_key=server.api_key)
+    elapsed = time.monotonic() - started
+    cache.close()
+    assert elapsed < 10, f"the phase took {elapsed:.1f} s to stop after a final error"
+    assert str(info.value).startswith("adapter lora-R, question p#99: the server answered HTTP 400 (final, not retried): ")
+    assert "The model `lora-R` does not exist." in str(info.value)
+    assert wait_gone(pid, 5)
+    assert cache.entries == {}
+
+
 def test_failure_summary_falls_back_to_the_last_plain_traceback(tmp_path: Path) -> None:
     from logivote.server import failure_summary
 

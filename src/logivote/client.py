@@ -146,27 +146,44 @@ class RequestFailed(RuntimeError):
     pass
 
 
-def ask_one(session: requests.Session, url: str, ask: Ask, settings: ClientSettings, alive: Callable[[], None]) -> Answer:
-    """POST one request, retrying with exponential backoff; ``alive()`` raises if the server is gone."""
+class Stopped(RuntimeError):
+    """Another request failed for good: this one gave up without retrying."""
+
+
+def final_status(code: int) -> bool:
+    """A client error that no retry can fix (HTTP 4xx but 408 Request Timeout and 429 Too Many Requests)."""
+    return 400 <= code < 500 and code not in (408, 429)
+
+
+def ask_one(session: requests.Session, url: str, ask: Ask, settings: ClientSettings, alive: Callable[[], None],
+            stop: threading.Event | None = None) -> Answer:
+    """POST one request, retrying with exponential backoff; ``alive()`` raises if the server is gone.
+
+    ``stop`` set (another request failed for good) ends the retries at once with :class:`Stopped`.
+    """
+    stop = stop or threading.Event()
     letters = letters_for(len(ask.question["options"]))
     error: Exception | None = None
     for attempt in range(settings.retries + 1):
+        if stop.is_set():
+            raise Stopped(f"{ask.model} {ask.question['qid']}: stopped")
         alive()
         try:
             response = session.post(f"{url}/v1/chat/completions", json=ask.body(), timeout=settings.timeout_s)
             if response.status_code == 200:
                 answer, logprob = parse_reply(response.json(), letters, free_text=ask.free_text_tokens > 0)
                 return Answer(ask.model, ask.question["qid"], ask.sample, answer, logprob)
-            if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
-                raise RequestFailed(f"{ask.model} {ask.question['qid']}: HTTP {response.status_code}: {response.text[:300]}")
+            if final_status(response.status_code):
+                raise RequestFailed(f"adapter {ask.model}, question {ask.question['qid']}: the server answered "
+                                    f"HTTP {response.status_code} (final, not retried): {response.text[:300]}")
             error = RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
         # ChunkedEncodingError: the reply broke off mid-body, e.g. the server died while sending it
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, ValueError) as err:
             error = err
-        if attempt < settings.retries:
-            time.sleep(settings.backoff_s * 2**attempt)
+        if attempt < settings.retries and stop.wait(settings.backoff_s * 2**attempt):
+            raise Stopped(f"{ask.model} {ask.question['qid']}: stopped")
     alive()
-    raise RequestFailed(f"{ask.model} {ask.question['qid']}: failed after {settings.retries + 1} attempts: {error}")
+    raise RequestFailed(f"adapter {ask.model}, question {ask.question['qid']}: failed after {settings.retries + 1} attempts: {error}")
 
 
 def ask_all(url: str, asks: Sequence[Ask], cache: AnswerCache, settings: ClientSettings,
@@ -176,26 +193,37 @@ def ask_all(url: str, asks: Sequence[Ask], cache: AnswerCache, settings: ClientS
     todo = [ask for ask in asks if ask.key not in cache.entries]
     log.info("%d requests: %d cached, %d to ask with %d threads", len(asks), len(asks) - len(todo), len(todo), settings.threads)
     local = threading.local()
+    stop = threading.Event()  # set when a request fails for good or the phase ends: no retry starts after that
 
     def work(ask: Ask) -> None:
         if not hasattr(local, "session"):
             local.session = requests.Session()
             if api_key:
                 local.session.headers["Authorization"] = f"Bearer {api_key}"
-        cache.add(ask.key, ask_one(local.session, url, ask, settings, alive))
+        try:
+            cache.add(ask.key, ask_one(local.session, url, ask, settings, alive, stop))
+        except BaseException:
+            stop.set()
+            raise
 
     if todo:
         started = time.monotonic()
-        with tqdm(total=len(todo), desc=desc, unit="req", mininterval=1.0) as bar, ThreadPoolExecutor(settings.threads) as pool:
-            futures = [pool.submit(work, ask) for ask in todo]
-            for future in futures:
-                future.add_done_callback(lambda _f: bar.update(1))
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [f for f in done if f.exception() is not None]
-            if failed:
+        pool = ThreadPoolExecutor(settings.threads)
+        try:
+            with tqdm(total=len(todo), desc=desc, unit="req", mininterval=1.0) as bar:
+                futures = [pool.submit(work, ask) for ask in todo]
                 for future in futures:
-                    future.cancel()
-                raise failed[0].exception()  # type: ignore[misc]
+                    future.add_done_callback(lambda _f: bar.update(1))
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f.exception() for f in done if f.exception() is not None]
+            if failed:
+                # the first real failure, not a request that gave up because of it
+                raise next((e for e in failed if not isinstance(e, Stopped)), failed[0])  # type: ignore[misc]
+        finally:
+            # on a failure (or Ctrl-C): no retry starts any more, queued requests are dropped, and this returns
+            # without waiting for the ones in flight: the caller stops the server, which ends them
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
         elapsed = time.monotonic() - started
         log.info("asked %d in %.1f s (%.1f answers/s)", len(todo), elapsed, len(todo) / max(elapsed, 1e-9))
     return {ask.key: cache.entries[ask.key] for ask in asks}
