@@ -52,7 +52,7 @@ def processes_in_group(pgid: int) -> list[int]:
     return found
 
 
-def server_pids(workdir: Path, log: str = "predict") -> list[int]:
+def server_pids(workdir: Path, log: str = "predict/0") -> list[int]:
     text = (workdir / "logs" / f"{log}.log").read_text()
     return [int(pid) for pid in re.findall(r"started vLLM server pid (\d+)", text)]
 

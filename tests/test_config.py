@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -18,8 +19,23 @@ def test_dry_run_shows_the_dag(workflow_copy: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert job_counts(result.stdout) == {
         "flatten": "1", "dev_split": "1", "subset": "21", "base_model": "1", "train_lora": "2", "adapter": "21", "loss_curves": "1",
-        "predict": "1", "vote": "1", "revote": "1", "submission": "1", "evaluate": "1", "plots": "1", "all": "1",
+        "predict": "1", "prediction": "21", "serving": "1", "vote": "1", "revote": "1", "submission": "1", "evaluate": "1",
+        "plots": "1", "all": "1",
     }
+
+
+def test_serve_shards_split_the_predict_phase_by_adapter(workflow_copy: Path) -> None:
+    """serve.shards: 2 is two predict jobs, each with its own server and its share of the 21 adapters (11 and 10)."""
+    result = run_snakemake(workflow_copy, "-n", "--configfile", ".test/shards2.yaml")
+    assert result.returncode == 0, result.stderr
+    assert job_counts(result.stdout)["predict"] == "2" and job_counts(result.stdout)["prediction"] == "21"
+    inputs = re.findall(r"^rule predict:\n    input: (.*)$", result.stdout, re.M)
+    adapters = sorted(sorted(int(k) for k in re.findall(r"results/adapters/(\d+)", job)) for job in inputs)
+    assert adapters == [list(range(11)), list(range(11, 21))]
+    assert sorted(re.findall(r"output: (results/predict_shards/\d+)", result.stdout)) == ["results/predict_shards/0", "results/predict_shards/1"]
+    (workflow_copy / "many.yaml").write_text("serve: {shards: 22}\n")
+    too_many = run_snakemake(workflow_copy, "-n", "--configfile", "many.yaml")
+    assert too_many.returncode != 0 and "serve.shards is 22: it must be between 1 and bagging.n_subsets (21)" in too_many.stderr + too_many.stdout
 
 
 def test_evaluation_off_leaves_no_evaluation_job(workflow_copy: Path) -> None:

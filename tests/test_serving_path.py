@@ -66,7 +66,10 @@ def test_forced_choices_gpus_and_float_bases(tmp_path: Path, monkeypatch: pytest
     assert choose(base, weights="int4").weights == "int4"  # forced: it may then fail, and the error says why
     assert choose(base, weights="dequantize", dequantized_dtype="bfloat16") == ServingPath(
         "dequantized", "bfloat16", choose(base).kernels, "serve.weights: dequantize")
+    monkeypatch.setattr(serving_path, "_cuda", lambda: True)
     assert choose(base, gpus=1) == ServingPath("int4", "bfloat16", "cuda", "vLLM's GPU int4 kernels")
+    monkeypatch.setattr(serving_path, "_cuda", lambda: False)  # a test cluster's fake GPUs: the CPU decides
+    assert choose(base, gpus=1).weights == "dequantized"
     assert choose(model(tmp_path, gptq=False)).weights == "float"
     with pytest.raises(ValueError, match="serve.weights"):
         choose(base, weights="int8")

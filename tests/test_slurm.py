@@ -33,9 +33,9 @@ OVERLAY = ".test/slurm/one-gpu-per-training.yaml"
 # the command the README's profiles table shows: the profile, and the embedded default with one GPU per training
 COMMAND = ["--profile", "workflow/profiles/slurm", "--configfile", OVERLAY]
 # only the heavy rules go through sbatch; the data steps are local rules (seconds of CPU on small files)
-SUBMITTED = {"base_model": 1, "train_lora": 2, "predict": 1, "revote": 1}
-LOCAL = {"flatten": 1, "dev_split": 1, "subset": 21, "adapter": 21, "loss_curves": 1, "vote": 1, "submission": 1,
-         "evaluate": 1, "plots": 1, "all": 1}
+SUBMITTED = {"base_model": 1, "train_lora": 2, "predict": 2, "revote": 1}  # predict: serve.shards 2 in the overlay
+LOCAL = {"flatten": 1, "dev_split": 1, "subset": 21, "adapter": 21, "loss_curves": 1, "prediction": 21, "serving": 1,
+         "vote": 1, "submission": 1, "evaluate": 1, "plots": 1, "all": 1}
 SUBMIT_LINE = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: ([^)]+)\)")
 HOW_TO_ENABLE = ("to run it: pip install -e '.[slurm]', then as root `bash .test/slurm/cluster.sh install` "
                  "(Debian's slurm-wlm, slurmdbd, munge, mariadb-server) and run pytest as root")
@@ -177,12 +177,15 @@ def test_two_training_jobs_held_different_gpus_at_the_same_time(cluster: Cluster
 def test_vllm_server_ran_inside_its_allocation_and_stopped(cluster: Cluster, slurm_run: SlurmRun) -> None:
     assert slurm_run.result.returncode == 0
     records = cluster.jobs(list(slurm_run.submitted))
-    (predict,) = [r for r in records.values() if rule_of(r["Comment"]) == "predict"]
-    assert "cpu=2" in predict["AllocTRES"], predict  # serve.threads: 2 became --cpus-per-task=2
-    log = (slurm_run.workdir / "logs" / "predict.log").read_text()
-    assert "healthy after" in log
-    for pid in server_pids(slurm_run.workdir):
-        assert not processes_in_group(pid), "a vLLM process outlived its SLURM job"
+    shards = [r for r in records.values() if rule_of(r["Comment"]) == "predict"]
+    assert len(shards) == 2  # serve.shards: 2, one sbatch job each, one fake GPU each
+    for predict in shards:
+        assert "cpu=2" in predict["AllocTRES"] and "gres/gpu=1" in predict["AllocTRES"], predict  # serve.threads, serve.gpus
+    for shard in (0, 1):
+        log = (slurm_run.workdir / "logs" / "predict" / f"{shard}.log").read_text()
+        assert "healthy after" in log and re.search(r"SLURM job \d+: keeping CUDA_VISIBLE_DEVICES=\S+", log), log[-2000:]
+        for pid in server_pids(slurm_run.workdir, f"predict/{shard}"):
+            assert not processes_in_group(pid), "a vLLM process outlived its SLURM job"
 
 
 def test_failing_job_fails_the_run_and_shows_its_rule_log(cluster: Cluster, tmp_path: Path) -> None:
@@ -220,14 +223,14 @@ def test_scancel_is_reported_and_leaves_no_server(cluster: Cluster, slurm_run: S
     """Runs last: it takes the finished run's folder and cancels a new predict job while its server is up."""
     assert slurm_run.result.returncode == 0
     workdir = slurm_run.workdir
-    for stale in ("results/predictions", "results/cache", "results/votes", "results/eval", "results/submission.jsonl",
-                  "logs/predict.log"):
+    for stale in ("results/predict_shards", "results/predictions", "results/cache", "results/votes", "results/eval",
+                  "results/submission.jsonl", "logs/predict"):
         path = workdir / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     run = subprocess.Popen([sys.executable, "-m", "snakemake", *COMMAND], cwd=workdir, env=cluster.env,
                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        log = workdir / "logs" / "predict.log"
+        log = workdir / "logs" / "predict" / "0.log"  # shard 0's job is the one cancelled
         deadline = time.monotonic() + 600
         while not (log.exists() and "healthy after" in log.read_text()):
             assert run.poll() is None, "snakemake ended before the server was up"
@@ -235,7 +238,7 @@ def test_scancel_is_reported_and_leaves_no_server(cluster: Cluster, slurm_run: S
             time.sleep(0.5)
         (pid,) = server_pids(workdir)
         queue = [line.split("|") for line in cluster.run("squeue", "-h", "-o", "%i|%k|%T").splitlines()]
-        (slurm_id,) = [job for job, comment, state in queue if rule_of(comment) == "predict" and state == "RUNNING"]
+        (slurm_id,) = [job for job, comment, state in queue if comment == "rule_predict_wildcards_0" and state == "RUNNING"]
         cluster.run("scancel", slurm_id)
         cancelled = time.monotonic()
         output, _ = run.communicate(timeout=400)

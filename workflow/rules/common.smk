@@ -1,5 +1,7 @@
 from snakemake.utils import validate
 
+from logivote.client import shard_cache
+from logivote.inference import shard_adapters
 from logivote.models import model_dir
 from logivote.train import job_adapters
 
@@ -9,6 +11,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 wildcard_constraints:
     k=r"\d+",
     job=r"\d+",
+    shard=r"\d+",
 
 
 N_SUBSETS = config["bagging"]["n_subsets"]
@@ -83,12 +86,33 @@ def bag_source():
     return "results/data/pool.jsonl" if EVALUATION else "results/data/train.jsonl"
 
 
-def predict_eval_inputs():
-    """What the predict phase reads to ask out-of-bag and dev questions too."""
+# serve.shards predict jobs, each with its own server and a share of the adapters (logivote.inference.shard_adapters)
+SHARDS = config["serve"].get("shards", 1)
+if not 1 <= SHARDS <= N_SUBSETS:
+    raise ValueError(f"serve.shards is {SHARDS}: it must be between 1 and bagging.n_subsets ({N_SUBSETS})")
+SHARD_OF = {k: shard for shard in range(SHARDS) for k in shard_adapters(shard, N_SUBSETS, SHARDS)}
+
+
+def shard_subsets(wildcards):
+    """The adapters predict shard {shard} asks."""
+    return shard_adapters(int(wildcards.shard), N_SUBSETS, SHARDS)
+
+
+def shard_adapter_dirs(wildcards):
+    return [f"results/adapters/{k}" for k in shard_subsets(wildcards)]
+
+
+def adapter_shard_dir(wildcards):
+    """The predict shard folder that holds adapter {k}'s answers."""
+    return f"results/predict_shards/{SHARD_OF[int(wildcards.k)]}"
+
+
+def predict_eval_inputs(wildcards):
+    """What predict shard {shard} reads to ask out-of-bag and dev questions too."""
     if not EVALUATION:
         return {}
     return {"pool": "results/data/pool.jsonl", "dev": "results/data/dev.jsonl",
-            "oob": expand("results/subsets/{k}.oob.txt", k=SUBSETS)}
+            "oob": [f"results/subsets/{k}.oob.txt" for k in shard_subsets(wildcards)]}
 
 
 def all_input():

@@ -1,33 +1,60 @@
 rule predict:
     input:
-        unpack(lambda wildcards: predict_eval_inputs()),
+        unpack(predict_eval_inputs),
         base=BASE_MODEL_DIR,
-        adapters=adapter_dirs(),
+        adapters=shard_adapter_dirs,
         test="results/data/test.jsonl",
     output:
-        predictions=prediction_files(),
-        serving=SERVING_RECORD,
-        oob=eval_files("oob"),
-        dev=eval_files("dev"),
+        directory("results/predict_shards/{shard}"),
     params:
         evaluation=EVALUATION,
-        subsets=SUBSETS,
+        subsets=lambda wildcards: shard_subsets(wildcards),
         serve=config["serve"],
         client=config["client"],
-        cache=ANSWER_CACHE,
+        cache=lambda wildcards: shard_cache(ANSWER_CACHE, int(wildcards.shard), SHARDS),
     threads: config["serve"]["threads"]
     resources:
         gpu=config["serve"]["gpus"],
         mem_mb=config["serve"]["mem_mb"],
     log:
-        main="logs/predict.log",
-        server="logs/vllm/predict.log",
+        main="logs/predict/{shard}.log",
+        server="logs/vllm/predict/{shard}.log",
     benchmark:
-        "benchmarks/predict.tsv"
+        "benchmarks/predict/{shard}.tsv"
     conda:
         env_file("serve")
     script:
         "../scripts/predict.py"
+
+
+rule prediction:
+    input:
+        adapter_shard_dir,
+    output:
+        prediction="results/predictions/{k}.jsonl",
+        oob=["results/eval/oob/{k}.jsonl"] if EVALUATION else [],
+        dev=["results/eval/dev/{k}.jsonl"] if EVALUATION else [],
+    localrule: True  # hard links: never worth a cluster job
+    log:
+        "logs/prediction/{k}.log",
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/prediction.py"
+
+
+rule serving:
+    input:
+        expand("results/predict_shards/{shard}", shard=range(SHARDS)),
+    output:
+        SERVING_RECORD,
+    localrule: True  # one small JSON file
+    log:
+        "logs/serving.log",
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/serving.py"
 
 
 rule vote:

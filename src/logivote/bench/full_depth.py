@@ -14,6 +14,7 @@ choice) and prints one JSON line: server start, answers/s, the phase's wall time
 rate, peak GPU memory (nvidia-smi, sampled every second).
 
     python -m logivote.bench.full_depth --data DIR --work /tmp/fd --out result.jsonl [--questions N] [--max-loras 21] [--prepare-only]
+        [--shards S]  (the phase split by adapter as serve.shards does, the S shards one after the other on one card)
     (``DIR`` holds round1_train_data.jsonl and round1_test_data.jsonl; vLLM importable.)
 
 The training-speed issue's full-depth benchmark is meant to reuse :func:`build_random_gptq` for its base.
@@ -195,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from logivote.flatten import Source, flatten, read_questions
-    from logivote.inference import predict
+    from logivote.client import shard_cache
+    from logivote.inference import predict, shard_adapters
     from logivote.logs import log_to
     from logivote.prompt import SYSTEM, user_prompt
 
@@ -213,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gpus", type=int, default=1, help="GPUs the server gets (pass --tensor-parallel-size through --serve-arg)")
     ap.add_argument("--device", default="cuda", help="where the random weights are drawn")
     ap.add_argument("--prepare-only", action="store_true", help="build the checkpoint and adapters, serve nothing (needs no vLLM)")
+    ap.add_argument("--shards", type=int, default=1,
+                    help="split the phase by adapter as serve.shards does, and run the shards one after the other on this card")
     args = ap.parse_args(argv)
 
     work = Path(args.work)
@@ -249,19 +253,35 @@ def main(argv: list[str] | None = None) -> None:
     outs = {k: str(run / f"pred_{k}.jsonl") for k in adapters}
     started = time.monotonic()
     error = None
-    with GpuMemory() as memory, log_to(run / "predict.log"):
-        try:
-            predict(str(base), adapters, str(work / "asked.jsonl"), outs, str(run / "cache.jsonl"), serve, client, str(run / "server.log"))
-        except Exception as exc:  # report the failure in the result line, then re-raise
-            error = f"{type(exc).__name__}: {str(exc)[-600:]}"
+    shard_results = []
+    with GpuMemory() as memory:
+        for shard in range(args.shards):
+            mine = {k: adapters[k] for k in shard_adapters(shard, len(adapters), args.shards)}
+            suffix = f"-{shard}" if args.shards > 1 else ""
+            shard_started = time.monotonic()
+            with log_to(run / f"predict{suffix}.log"):
+                try:
+                    predict(str(base), mine, str(work / "asked.jsonl"), {k: outs[k] for k in mine},
+                            shard_cache(str(run / "cache.jsonl"), shard, args.shards), serve, client, str(run / f"server{suffix}.log"))
+                except Exception as exc:  # report the failure in the result line, then re-raise
+                    error = f"{type(exc).__name__}: {str(exc)[-600:]}"
+            shard_results.append({"shard": shard, "adapters": len(mine), "wall_s": round(time.monotonic() - shard_started, 1),
+                                  **read_phase_log(run / f"predict{suffix}.log")})
+            if error:
+                break
     wall = time.monotonic() - started
     result: dict[str, Any] = {"bench": "full_depth_predict", "tag": tag, "layers": shape.num_hidden_layers, "adapters": len(adapters),
                               "questions": len(questions), "asks": len(questions) * len(adapters), "max_loras": args.max_loras, "gpus": args.gpus,
                               "serve_args": serve["extra_args"], "build_s": round(build_s, 1), "adapters_s": round(adapters_s, 1),
                               "phase_wall_s": round(wall, 1), "gpu_peak_mib": memory.peak_mib,
                               "gpu": torch.cuda.get_device_name(0), "error": error}
-    result.update(read_phase_log(run / "predict.log"))
-    result["prefix_cache_hit_rate_pct"] = prefix_hit_rate(run / "server.log")
+    if args.shards == 1:
+        result.update(read_phase_log(run / "predict.log"))
+        result["prefix_cache_hit_rate_pct"] = prefix_hit_rate(run / "server.log")
+    else:  # one after the other on this card: what each would take side by side on cards of its own
+        result["shards"] = shard_results
+        for shard in shard_results:
+            shard["prefix_cache_hit_rate_pct"] = prefix_hit_rate(run / f"server-{shard['shard']}.log")
     if error is None:
         rows = [json.loads(line) for k in adapters for line in open(outs[k])]
         result.update(answered=len(rows), invalid=sum(r["answer"] == "invalid" for r in rows))

@@ -1,0 +1,11 @@
+from logivote.inference import link_prediction
+from logivote.logs import log_to
+
+with log_to(snakemake.log[0]):
+    link_prediction(
+        snakemake.input[0],
+        int(snakemake.wildcards.k),
+        snakemake.output.prediction,
+        snakemake.output.oob[0] if snakemake.output.oob else None,
+        snakemake.output.dev[0] if snakemake.output.dev else None,
+    )

@@ -1,0 +1,5 @@
+from logivote.inference import merge_serving
+from logivote.logs import log_to
+
+with log_to(snakemake.log[0]):
+    merge_serving(snakemake.input, snakemake.output[0])
