@@ -1,9 +1,9 @@
 from snakemake.utils import validate
 
-from logivote.client import shard_cache
-from logivote.inference import shard_adapters
-from logivote.models import model_dir
-from logivote.train import job_adapters
+from logivote.serving.client import shard_cache
+from logivote.serving.inference import shard_adapters
+from logivote.base.models import model_dir
+from logivote.training.train import job_adapters
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -65,7 +65,7 @@ def adapter_dirs():
 
 
 ANSWER_CACHE = "results/cache/answers.jsonl"
-# how the predict phase served the base: int4 or dequantized weights, and why (logivote.serving_path)
+# how the predict phase served the base: int4 or dequantized weights, and why (logivote.serving.serving_path)
 SERVING_RECORD = "results/predictions/serving.json"
 
 
@@ -86,7 +86,7 @@ def bag_source():
     return "results/data/pool.jsonl" if EVALUATION else "results/data/train.jsonl"
 
 
-# serve.shards predict jobs, each with its own server and a share of the adapters (logivote.inference.shard_adapters)
+# serve.shards predict jobs, each with its own server and a share of the adapters (logivote.serving.inference.shard_adapters)
 SHARDS = config["serve"].get("shards", 1)
 if not 1 <= SHARDS <= N_SUBSETS:
     raise ValueError(f"serve.shards is {SHARDS}: it must be between 1 and bagging.n_subsets ({N_SUBSETS})")

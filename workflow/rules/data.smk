@@ -6,7 +6,7 @@ rule flatten:
         test="results/data/test.jsonl",
     params:
         sources=config["sources"],
-    localrule: True  # seconds of CPU on small files: never worth a cluster job (README: SLURM)
+    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
     log:
         "logs/flatten.log",
     conda:
@@ -24,7 +24,7 @@ rule dev_split:
     params:
         seed=config["evaluation"]["seed"],
         fraction=config["evaluation"]["dev_fraction"],
-    localrule: True  # seconds of CPU on small files: never worth a cluster job (README: SLURM)
+    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
     log:
         "logs/dev_split.log",
     conda:
@@ -42,7 +42,7 @@ rule subset:
     params:
         fraction=config["bagging"]["fraction"],
         base_seed=config["bagging"]["base_seed"],
-    localrule: True  # seconds of CPU on small files: never worth a cluster job (README: SLURM)
+    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
     log:
         "logs/subset/{k}.log",
     conda:

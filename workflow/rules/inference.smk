@@ -65,7 +65,7 @@ rule vote:
         "results/votes/round1.jsonl",
     params:
         subsets=SUBSETS,
-    localrule: True  # seconds of CPU on small files: never worth a cluster job (README: SLURM)
+    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
     log:
         "logs/vote.log",
     conda:
@@ -114,7 +114,7 @@ rule submission:
         round2="results/votes/round2.jsonl",
     output:
         "results/submission.jsonl",
-    localrule: True  # seconds of CPU on small files: never worth a cluster job (README: SLURM)
+    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
     log:
         "logs/submission.log",
     conda:
@@ -142,7 +142,7 @@ rule evaluate:
         subsets=SUBSETS,
         draws=config["evaluation"]["vote_size_draws"],
         seed=config["evaluation"]["seed"],
-    localrule: True  # seconds of CPU on small files: never worth a cluster job (README: SLURM)
+    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
     log:
         "logs/evaluate.log",
     conda:
@@ -160,7 +160,7 @@ rule plots:
         vote_share_accuracy=report("results/eval/plots/vote_share_accuracy.svg", caption="../report/vote_share_accuracy.rst", category="Evaluation"),
         round1_vote_share=report("results/eval/plots/round1_vote_share.svg", caption="../report/round1_vote_share.rst", category="Test set"),
         agreement=report("results/eval/plots/agreement.svg", caption="../report/agreement.rst", category="Test set"),
-    localrule: True  # seconds of CPU on small files: never worth a cluster job (README: SLURM)
+    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
     log:
         "logs/plots.log",
     conda:

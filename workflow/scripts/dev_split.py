@@ -1,4 +1,4 @@
-from logivote.bagging import write_dev_split
+from logivote.data.bagging import write_dev_split
 from logivote.logs import log_to
 
 with log_to(snakemake.log[0]):

@@ -1,4 +1,4 @@
-from logivote.evaluation import evaluate
+from logivote.ensemble.evaluation import evaluate
 from logivote.logs import log_to
 
 with log_to(snakemake.log[0]):

@@ -1,4 +1,4 @@
-from logivote.flatten import Source, flatten
+from logivote.data.flatten import Source, flatten
 from logivote.logs import log_to
 
 with log_to(snakemake.log[0]):

@@ -1,4 +1,4 @@
-from logivote.inference import EvalInputs, predict_shard
+from logivote.serving.inference import EvalInputs, predict_shard
 from logivote.logs import log_to
 
 with log_to(snakemake.log.main):

@@ -1,4 +1,4 @@
-from logivote.inference import link_prediction
+from logivote.serving.inference import link_prediction
 from logivote.logs import log_to
 
 with log_to(snakemake.log[0]):

@@ -1,4 +1,4 @@
-from logivote.inference import DevRound2, revote
+from logivote.serving.inference import DevRound2, revote
 from logivote.logs import log_to
 
 with log_to(snakemake.log.main):

@@ -1,4 +1,4 @@
-from logivote.inference import merge_serving
+from logivote.serving.inference import merge_serving
 from logivote.logs import log_to
 
 with log_to(snakemake.log[0]):

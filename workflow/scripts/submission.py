@@ -1,4 +1,4 @@
-from logivote.inference import submission
+from logivote.ensemble.voting import submission
 from logivote.logs import log_to
 
 with log_to(snakemake.log[0]):

@@ -1,5 +1,5 @@
 from logivote.logs import log_to
-from logivote.train import train_lora_job
+from logivote.training.train import train_lora_job
 
 with log_to(snakemake.log[0]):
     train_lora_job(

@@ -1,4 +1,4 @@
-from logivote.inference import vote
+from logivote.ensemble.voting import vote
 from logivote.logs import log_to
 
 with log_to(snakemake.log[0]):

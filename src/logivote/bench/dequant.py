@@ -1,6 +1,6 @@
 """Benchmark (not a test): GPTQ-Int4 dequantization at the 32B shape's linears, on a CUDA GPU.
 
-:func:`logivote.gptq_dequant.dequantize` (one Triton pass) against what training used before (gptqmodel's
+:func:`logivote.training.gptq_dequant.dequantize` (one Triton pass) against what training used before (gptqmodel's
 torch ``dequantize_weight`` followed by a cast, reproduced op for op), gptqmodel's own Triton dequant and
 the full-depth anchor's ``torch.compile``d dequantization; checks our bits against the torch path, tries a
 few tile shapes, and prints one JSON line per shape (milliseconds, and our best in GB/s of int4 read plus
@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from logivote import gptq_dequant
+from logivote.training import gptq_dequant
 
 SHAPES = [(5120, 27648), (27648, 5120), (5120, 5120), (5120, 1024)]  # gate/up, down, q/o, k/v
 TILES = [(64, 128, 4), (64, 256, 4), (128, 128, 4), (128, 256, 8), (32, 256, 4), (64, 512, 8)]

@@ -3,13 +3,13 @@
 :func:`build_random_gptq` writes a Qwen2.5-32B-shaped GPTQ-Int4 checkpoint (all 64 layers by
 default) with random int4 weights in Qwen's GPTQ layout (``qweight``, ``qzeros``, ``scales``,
 ``g_idx`` per linear, biases on q/k/v, fp16 embeddings, head and norms), Qwen's config with its
-``quantization_config``, and the project's own tokenizer (:func:`logivote.tiny_model.train_tokenizer`
+``quantization_config``, and the project's own tokenizer (:func:`logivote.base.tiny_model.train_tokenizer`
 on the questions); about 18 GB, made on the GPU in seconds, no calibration, no download.
 :func:`write_random_adapters` writes rank-r LoRA adapters in peft's layout. The compute of serving
 does not depend on the weights' values, so the timings are those of the real model.
 
 ``main`` serves that checkpoint with N adapters through the workflow's own
-:func:`logivote.inference.predict` on the real test file (64 client threads, structured-output
+:func:`logivote.serving.inference.predict` on the real test file (64 client threads, structured-output
 choice) and prints one JSON line: server start, answers/s, the phase's wall time, prefix-cache hit
 rate, peak GPU memory (nvidia-smi, sampled every second).
 
@@ -32,8 +32,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from logivote.jsonl import atomic_directory, atomic_write_jsonl, dumps
-from logivote.tiny_model import TinyShape
+from logivote.data.jsonl import atomic_directory, atomic_write_jsonl, dumps
+from logivote.base.tiny_model import TinyShape
 
 
 # Qwen2.5-32B-Instruct's shape (the recipe's base), all 64 layers; dataclasses.replace(..., num_hidden_layers=n) cuts a slice
@@ -72,7 +72,7 @@ def build_random_gptq(out_dir: str | Path, tokenizer_texts: list[str], shape: Ti
     import torch
     from safetensors.torch import save_file
 
-    from logivote.tiny_model import train_tokenizer
+    from logivote.base.tiny_model import train_tokenizer
 
     target = Path(out_dir)
     if (target / "config.json").exists():
@@ -195,11 +195,11 @@ def prefix_hit_rate(server_log: str | Path) -> float | None:
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    from logivote.flatten import Source, flatten, read_questions
-    from logivote.client import shard_cache
-    from logivote.inference import predict, shard_adapters
+    from logivote.data.flatten import Source, flatten, read_questions
+    from logivote.serving.client import shard_cache
+    from logivote.serving.inference import predict, shard_adapters
     from logivote.logs import log_to
-    from logivote.prompt import SYSTEM, user_prompt
+    from logivote.data.prompt import SYSTEM, user_prompt
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="folder with round1_train_data.jsonl and round1_test_data.jsonl")

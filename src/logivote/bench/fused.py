@@ -1,4 +1,4 @@
-"""Benchmark (not a test): the fused RMSNorm, SwiGLU and rotary embedding (:mod:`logivote.fused`) against
+"""Benchmark (not a test): the fused RMSNorm, SwiGLU and rotary embedding (:mod:`logivote.training.fused`) against
 transformers' eager forms at the 32B shape, forward + backward over one step's token stream, on a CUDA GPU.
 
 Prints one JSON line per case: eager and fused milliseconds, their ratio, and the largest difference of the
@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from logivote import fused
+from logivote.training import fused
 from logivote.bench.dequant import emit, timed
 
 

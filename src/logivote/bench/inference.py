@@ -1,13 +1,13 @@
 """Benchmark (not a test) of inference, two comparisons on the same adapters and questions.
 
-``--compare recipe`` (README "Inference: the recipe's way against ours"):
+``--compare recipe`` (resources/benchmarks/README.md "Inference: the recipe's way against ours"):
 (a) the recipe's way: one server start per adapter (that adapter alone), free generation of up
     to ``--free-tokens`` tokens, the letter parsed from the text;
 (b) ours: one server with every adapter, one constrained token per request.
 
-``--compare prefix`` (README "Prefix reuse"): ours twice, (a) with today's server settings before
+``--compare prefix`` (resources/benchmarks/README.md "Prefix reuse"): ours twice, (a) with today's server settings before
 prefix reuse was tuned (vLLM's default KV block of 128 tokens on CPU) and (b) with the configured
-``serve.block_size``, requests in :func:`logivote.inference.prefix_order` both times.
+``serve.block_size``, requests in :func:`logivote.serving.inference.prefix_order` both times.
 
 Both use the same 64-thread client and prompt, and print answers/s, wall time, and the prompt
 tokens per (question, adapter) pair and how many of them the server computed (the rest came from
@@ -31,12 +31,13 @@ from pathlib import Path
 import requests
 import yaml
 
-from logivote.client import Ask, AnswerCache, ClientSettings, ask_all
-from logivote.contracts import INVALID
-from logivote.flatten import read_questions
-from logivote.inference import ServeSettings, adapter_name, prefix_order
-from logivote.models import model_dir
-from logivote.server import VllmServer
+from logivote.serving.client import Ask, AnswerCache, ClientSettings, ask_all
+from logivote.data.contracts import INVALID
+from logivote.data.flatten import read_questions
+from logivote.data.contracts import adapter_name
+from logivote.serving.inference import ServeSettings, prefix_order
+from logivote.base.models import model_dir
+from logivote.serving.server import VllmServer
 
 
 def counters(url: str) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Benchmark (not a test): K adapters per training step against the Trainer path logivote had before.
 
 For each model shape (random weights, built locally) and K, the workflow's own
-:func:`logivote.train.train_adapters` trains K adapters for ``--steps`` steps
+:func:`logivote.training.train.train_adapters` trains K adapters for ``--steps`` steps
 on synthetic puzzles whose lengths are drawn from the real training data's
 length distribution (``resources/benchmarks/real_train_lengths.json``; each
 adapter its own draw, so rows of a step differ in length and are padded).
@@ -35,10 +35,10 @@ from typing import Any
 
 import torch
 
-from logivote import fused, stacked_lora
-from logivote.jsonl import atomic_write_jsonl, dumps
-from logivote.tiny_model import build_tiny_model
-from logivote.train import SELECTIVE, StepStats, TrainSettings, train_adapters, use_expandable_segments
+from logivote.training import fused, stacked_lora
+from logivote.data.jsonl import atomic_write_jsonl, dumps
+from logivote.base.tiny_model import build_tiny_model
+from logivote.training.train import SELECTIVE, StepStats, TrainSettings, train_adapters, use_expandable_segments
 
 from .train_gpu import SHAPES, Clock, padded_questions
 
@@ -62,7 +62,7 @@ def measured_peak_tflops() -> float:
 
 def synthetic_subset(path: Path, n: int, seed: int, tokenizer: Any, lengths: list[int]) -> list[int]:
     """``n`` puzzles whose encoded lengths follow ``lengths``; returns the target lengths drawn."""
-    from logivote.prompt import encode_example
+    from logivote.data.prompt import encode_example
 
     rng = random.Random(seed)
     targets = [rng.choice(lengths) for _ in range(n)]
@@ -183,9 +183,9 @@ def trainer_baseline(base: Path, subset: Path, workdir: Path, steps: int, peak: 
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    from logivote.flatten import read_questions
-    from logivote.prompt import encode_example
-    from logivote.train import RECIPE_TARGETS, load_base
+    from logivote.data.flatten import read_questions
+    from logivote.data.prompt import encode_example
+    from logivote.training.train import RECIPE_TARGETS, load_base
 
     on_gpu = torch.cuda.is_available()
     if on_gpu:
@@ -228,7 +228,7 @@ def main() -> None:
                              "written directly (bench.full_depth.build_random_gptq: no float model, for full depth)")
     parser.add_argument("--gradient-checkpointing", nargs="?", const=True, default=False, choices=(True, *SELECTIVE),
                         help="checkpoint every decoder layer; 'selective': keep q, k, v and o's outputs; 'selective_gate': "
-                             "and the gate projection's (logivote.recompute)")
+                             "and the gate projection's (logivote.training.recompute)")
     parser.add_argument("--lora-dropout", type=float, default=0.05, help="the recipe's 0.05; 0 to compare with an anchor without dropout")
     parser.add_argument("--lora-gemm", choices=("auto", "onehot"), default="auto",
                         help="stacked_lora.LORA_GEMM: 'onehot' turns the grouped GEMMs off (to measure them)")

@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from logivote.jsonl import read_rows
+from logivote.data.jsonl import read_rows
 
 
 def answers(run: Path, split: str) -> dict[tuple[str, str], str]:

@@ -10,7 +10,7 @@ workflow, with ``train.seed`` set to the seed (README "What the default shows"):
   every rule, so that training, too, runs torch's AVX2 kernels and its last bits move as they would.
 
 It prints one Markdown row per run (baseline, adapters, vote, round-2 counts, whether each relation of
-:func:`logivote.evaluation.learning_relations` held, wall time and each rule's seconds) and appends the
+:func:`logivote.ensemble.evaluation.learning_relations` held, wall time and each rule's seconds) and appends the
 same as JSON lines to ``--out``.
 
     python -m logivote.bench.seeds [--seeds 7 42 2024] [--paths native avx2] [--out FILE]
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from logivote.evaluation import learning_relations
+from logivote.ensemble.evaluation import learning_relations
 
 REPO = Path(__file__).resolve().parents[3]
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}

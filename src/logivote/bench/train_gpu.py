@@ -2,7 +2,7 @@
 
 Builds Qwen2-architecture models of realistic shape with random weights (no
 download), writes synthetic puzzles padded to a target prompt length, and runs
-``logivote.train.train_adapter`` (Trainer + peft LoRA, the recipe's settings)
+``logivote.training.train.train_adapter`` (Trainer + peft LoRA, the recipe's settings)
 for a few hundred steps. Prints one JSON line per case: tokens/s, peak GPU
 memory and where the step time goes (forward, backward, optimizer, rest).
 
@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import torch
-from logivote.jsonl import atomic_write_jsonl, dumps
-from logivote.sample_data import make_puzzles
-from logivote.tiny_model import TinyShape, build_tiny_model
-from logivote.train import StepStats, TrainSettings, train_adapter
+from logivote.data.jsonl import atomic_write_jsonl, dumps
+from logivote.data.sample_data import make_puzzles
+from logivote.base.tiny_model import TinyShape, build_tiny_model
+from logivote.training.train import StepStats, TrainSettings, train_adapter
 
 from .full_depth import QWEN32B
 
@@ -43,7 +43,7 @@ SHAPES = {
 
 
 class Clock:
-    """``on_step`` callback of :func:`logivote.train.train_adapters`: times the steps after ``warmup`` (CUDA-synchronised)."""
+    """``on_step`` callback of :func:`logivote.training.train.train_adapters`: times the steps after ``warmup`` (CUDA-synchronised)."""
 
     def __init__(self, warmup: int = 5) -> None:
         self.warmup = warmup
@@ -101,7 +101,7 @@ def quantized_base(float_dir: Path, out_dir: Path, seq_tokens: int) -> dict:
 def _quantize_only(float_dir: Path, out_dir: Path, seq_tokens: int) -> None:
     from transformers import AutoTokenizer
 
-    from logivote.quantize import calibration_texts, copy_missing, quantize_gptq
+    from logivote.base.quantize import calibration_texts, copy_missing, quantize_gptq
 
     tok = AutoTokenizer.from_pretrained(float_dir)
     texts = calibration_texts(tok, padded_questions(64, seq_tokens, 1.0), 64)
@@ -126,7 +126,7 @@ def run_case(name: str, seq_tokens: int, steps: int, workdir: Path, gradient_che
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base)
-    from logivote.prompt import encode_example
+    from logivote.data.prompt import encode_example
 
     sample = padded_questions(4, 2000, 1.0)[0]
     problem_tokens = len(tok(sample["problem"])["input_ids"])
@@ -151,7 +151,7 @@ def run_case(name: str, seq_tokens: int, steps: int, workdir: Path, gradient_che
     lengths = [len(tok(q["problem"])["input_ids"]) for q in questions[:20]]
     n_steps = len(questions) * 2  # two epochs
     total_tokens = 2 * sum(len(encode_example(tok, q, 10**6)["input_ids"]) for q in questions)
-    from logivote.train import base_memory
+    from logivote.training.train import base_memory
 
     memory = base_memory(model.model)
     result = {

