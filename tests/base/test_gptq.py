@@ -16,10 +16,10 @@ pytest.importorskip("gptqmodel", reason="needs gptqmodel (bash setup.sh)")
 pytest.importorskip("optimum", reason="needs optimum (bash setup.sh)")
 from safetensors import safe_open  # noqa: E402
 
-from logivote.data.flatten import Source, flatten  # noqa: E402
 from logivote.base.models import prepare_base_model  # noqa: E402
 from logivote.base.quantize import QuantizeSettings, check_group_size  # noqa: E402
 from logivote.base.tiny_model import TinyShape, build_from_questions  # noqa: E402
+from logivote.data.flatten import Source, flatten  # noqa: E402
 
 from ..conftest import REPO  # noqa: E402
 
@@ -61,8 +61,8 @@ def test_on_disk_format_is_qwens_gptq_int4(gptq: dict[str, Path]) -> None:
 def test_quantized_logits_stay_close_to_the_float_models(gptq: dict[str, Path]) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from logivote.data.flatten import read_questions
     from logivote.base.quantize import calibration_texts
+    from logivote.data.flatten import read_questions
 
     tokenizer = AutoTokenizer.from_pretrained(gptq["float"])
     texts = calibration_texts(tokenizer, read_questions(gptq["train"]), 100)[-8:]  # not among the 32 calibration prompts
@@ -86,8 +86,8 @@ def test_the_dequantized_checkpoint_is_the_int4_model_in_float_weights_and_takes
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from logivote.data.flatten import read_questions
     from logivote.base.quantize import calibration_texts, dequantize_checkpoint
+    from logivote.data.flatten import read_questions
     from logivote.training.train import RECIPE_TARGETS
 
     out = tmp_path / "dequantized"

@@ -15,8 +15,8 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file  # noqa: E402
 
 from logivote.base.pretrain import PretrainSettings, generated_questions, pretrain  # noqa: E402
-from logivote.data.prompt import SYSTEM, user_prompt  # noqa: E402
 from logivote.base.tiny_model import TinyShape, build_tiny_model  # noqa: E402
+from logivote.data.prompt import SYSTEM, user_prompt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = PretrainSettings(steps=80, batch_size=8, learning_rate=1e-3, kinds=["weather"], puzzles=100, seed=7)

@@ -102,8 +102,8 @@ def test_pairwise_agreement() -> None:
 def test_evaluate_writes_metrics_and_tables(tmp_path) -> None:  # noqa: ANN001
     import json
 
-    from logivote.ensemble.evaluation import evaluate
     from logivote.data.jsonl import atomic_write_jsonl
+    from logivote.ensemble.evaluation import evaluate
 
     n_options = {"q1": 2, "q2": 4, "q3": 4, "q4": 5}
     dev, oob, preds = {}, {}, {}

@@ -8,7 +8,13 @@ import pytest
 from logivote.data.contracts import Question
 from logivote.data.jsonl import InputError
 from logivote.ensemble.voting import (
-    build_submission, final_answers, needs_revote, read_predictions, tally_round1, tally_round2, write_submission,
+    build_submission,
+    final_answers,
+    needs_revote,
+    read_predictions,
+    tally_round1,
+    tally_round2,
+    write_submission,
 )
 
 from ..conftest import write_jsonl

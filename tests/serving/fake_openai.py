@@ -22,7 +22,6 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-
 ENGINE_DEATH = """\
 (EngineCore pid={pid}) ERROR 12-03 10:00:00 [core.py:1020] EngineCore encountered a fatal error.
 (EngineCore pid={pid}) ERROR 12-03 10:00:00 [core.py:1020] Traceback (most recent call last):

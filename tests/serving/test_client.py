@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from logivote.serving.client import Ask, AnswerCache, ClientSettings, RequestFailed, ask_all, parse_reply
 from logivote.data.contracts import Question
+from logivote.serving.client import AnswerCache, Ask, ClientSettings, RequestFailed, ask_all, parse_reply
 
 from . import fake_openai
 

@@ -6,12 +6,12 @@ import os
 
 import pytest
 
-from logivote.serving.client import Ask
 from logivote.data.contracts import Question
 from logivote.data.flatten import Source, parse_puzzle
-from logivote.serving.inference import ServeSettings, prefix_order
 from logivote.data.prompt import chat_messages, prompt_text
 from logivote.data.sample_data import make_puzzles
+from logivote.serving.client import Ask
+from logivote.serving.inference import ServeSettings, prefix_order
 
 
 def puzzle_questions(n: int = 3) -> list[list[Question]]:

@@ -10,10 +10,10 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from logivote.data.flatten import Source, flatten  # noqa: E402
-from logivote.serving.inference import PromptTooLong, check_prompt_lengths, predict  # noqa: E402
-from logivote.data.prompt import prompt_lengths  # noqa: E402
 from logivote.base.tiny_model import train_tokenizer  # noqa: E402
+from logivote.data.flatten import Source, flatten  # noqa: E402
+from logivote.data.prompt import prompt_lengths  # noqa: E402
+from logivote.serving.inference import PromptTooLong, check_prompt_lengths, predict  # noqa: E402
 
 from ..conftest import REPO, write_jsonl  # noqa: E402
 

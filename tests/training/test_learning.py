@@ -22,11 +22,11 @@ torch = pytest.importorskip("torch")
 from peft import PeftModel  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
+from logivote.base.models import prepare_base_model  # noqa: E402
+from logivote.base.quantize import gptq_load_kwargs  # noqa: E402
 from logivote.data.contracts import letters_for  # noqa: E402
 from logivote.data.flatten import Source, flatten, read_questions  # noqa: E402
-from logivote.base.models import prepare_base_model  # noqa: E402
 from logivote.data.prompt import prompt_ids  # noqa: E402
-from logivote.base.quantize import gptq_load_kwargs  # noqa: E402
 from logivote.training.train import TrainSettings, train_adapters  # noqa: E402
 
 ANIMALS = ["cat", "dog", "fox", "owl"]

@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
-from logivote.training.packing import pack, row_losses, use_packed_attention  # noqa: E402
 from logivote.data.prompt import labelled_batch  # noqa: E402
+from logivote.training.packing import pack, row_losses, use_packed_attention  # noqa: E402
 
 PAD = 0
 

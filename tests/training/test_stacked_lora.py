@@ -7,8 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from logivote.training.packing import adapter_ends  # noqa: E402
 from logivote.training import stacked_lora  # noqa: E402
+from logivote.training.packing import adapter_ends  # noqa: E402
 from logivote.training.stacked_lora import StackedLoraLinear, TokenAdapters  # noqa: E402
 
 K, R, IN, OUT, SCALE = 3, 4, 24, 20, 2.0

@@ -19,10 +19,10 @@ from peft import PeftModel  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
+from logivote.base.tiny_model import TinyShape, build_from_questions  # noqa: E402
 from logivote.data.bagging import write_subset  # noqa: E402
 from logivote.data.flatten import Source, flatten, read_questions  # noqa: E402
 from logivote.data.prompt import encode_example  # noqa: E402
-from logivote.base.tiny_model import TinyShape, build_from_questions  # noqa: E402
 from logivote.training.train import TrainSettings, train_adapter, train_adapters  # noqa: E402
 
 from ..conftest import REPO  # noqa: E402

@@ -11,8 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("gptqmodel")
 
-from logivote.bench.full_depth import build_random_gptq, write_random_adapters  # noqa: E402
 from logivote.base.tiny_model import TinyShape  # noqa: E402
+from logivote.bench.full_depth import build_random_gptq, write_random_adapters  # noqa: E402
 
 
 def test_random_gptq_checkpoint_and_adapters_load_and_run(tmp_path: Path) -> None:

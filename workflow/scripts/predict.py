@@ -1,5 +1,5 @@
-from logivote.serving.inference import EvalInputs, predict_shard
 from logivote.logs import log_to
+from logivote.serving.inference import EvalInputs, predict_shard
 
 with log_to(snakemake.log.main):
     subsets = snakemake.params.subsets

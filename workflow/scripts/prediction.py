@@ -1,5 +1,5 @@
-from logivote.serving.inference import link_prediction
 from logivote.logs import log_to
+from logivote.serving.inference import link_prediction
 
 with log_to(snakemake.log[0]):
     link_prediction(

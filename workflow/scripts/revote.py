@@ -1,5 +1,5 @@
-from logivote.serving.inference import DevRound2, revote
 from logivote.logs import log_to
+from logivote.serving.inference import DevRound2, revote
 
 with log_to(snakemake.log.main):
     subsets = snakemake.params.subsets

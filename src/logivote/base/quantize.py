@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..gpus import gpu_slots
 from ..data.jsonl import atomic_directory
+from ..gpus import gpu_slots
 from .pretrain import PretrainSettings
 from .tiny_model import TinyShape, build_from_questions
 

@@ -32,9 +32,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from logivote.data.jsonl import atomic_directory, atomic_write_jsonl, dumps
 from logivote.base.tiny_model import TinyShape
-
+from logivote.data.jsonl import atomic_directory, atomic_write_jsonl, dumps
 
 # Qwen2.5-32B-Instruct's shape (the recipe's base), all 64 layers; dataclasses.replace(..., num_hidden_layers=n) cuts a slice
 QWEN32B = TinyShape(vocab_size=152064, hidden_size=5120, intermediate_size=27648, num_hidden_layers=64,
@@ -196,10 +195,10 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from logivote.data.flatten import Source, flatten, read_questions
+    from logivote.data.prompt import SYSTEM, user_prompt
+    from logivote.logs import log_to
     from logivote.serving.client import shard_cache
     from logivote.serving.inference import predict, shard_adapters
-    from logivote.logs import log_to
-    from logivote.data.prompt import SYSTEM, user_prompt
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="folder with round1_train_data.jsonl and round1_test_data.jsonl")

@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 import torch
 
-from logivote.training import fused
 from logivote.bench.dequant import emit, timed
+from logivote.training import fused
 
 
 def _outputs(out: Any) -> tuple[torch.Tensor, ...]:

@@ -31,12 +31,11 @@ from pathlib import Path
 import requests
 import yaml
 
-from logivote.serving.client import Ask, AnswerCache, ClientSettings, ask_all
-from logivote.data.contracts import INVALID
-from logivote.data.flatten import read_questions
-from logivote.data.contracts import adapter_name
-from logivote.serving.inference import ServeSettings, prefix_order
 from logivote.base.models import model_dir
+from logivote.data.contracts import INVALID, adapter_name
+from logivote.data.flatten import read_questions
+from logivote.serving.client import AnswerCache, Ask, ClientSettings, ask_all
+from logivote.serving.inference import ServeSettings, prefix_order
 from logivote.serving.server import VllmServer
 
 

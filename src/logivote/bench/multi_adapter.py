@@ -35,9 +35,9 @@ from typing import Any
 
 import torch
 
-from logivote.training import fused, stacked_lora
-from logivote.data.jsonl import atomic_write_jsonl, dumps
 from logivote.base.tiny_model import build_tiny_model
+from logivote.data.jsonl import atomic_write_jsonl, dumps
+from logivote.training import fused, stacked_lora
 from logivote.training.train import SELECTIVE, StepStats, TrainSettings, train_adapters, use_expandable_segments
 
 from .train_gpu import SHAPES, Clock, padded_questions

@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 import torch
+
+from logivote.base.tiny_model import TinyShape, build_tiny_model
 from logivote.data.jsonl import atomic_write_jsonl, dumps
 from logivote.data.sample_data import make_puzzles
-from logivote.base.tiny_model import TinyShape, build_tiny_model
 from logivote.training.train import StepStats, TrainSettings, train_adapter
 
 from .full_depth import QWEN32B

@@ -9,9 +9,9 @@ is complete, so an interrupted step never leaves a file that looks done.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import contextlib
 import os
 import shutil
 import tempfile

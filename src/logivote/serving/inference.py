@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .client import Ask, AnswerCache, ClientSettings, ask_all
 from ..data.contracts import EvalPrediction, Prediction, Question, Round1Row, Round2Row, ServingRecord, adapter_name
 from ..data.flatten import read_questions
-from ..gpus import gpu_slots
 from ..data.jsonl import atomic_write_jsonl, atomic_write_text, read_rows, sha256_file
-from .server import ServerError, ServerSpec, VllmServer
-from .serving_path import ServingPath, choose, server_env, served_model
 from ..ensemble.voting import needs_revote, tally_round1, tally_round2
+from ..gpus import gpu_slots
+from .client import AnswerCache, Ask, ClientSettings, ask_all
+from .server import ServerError, ServerSpec, VllmServer
+from .serving_path import ServingPath, choose, served_model, server_env
 
 log = logging.getLogger(__name__)
 

@@ -47,10 +47,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..base.quantize import gptq_load_kwargs
 from ..data.flatten import read_questions
 from ..data.jsonl import atomic_directory, sha256_file
 from ..data.prompt import encode_example
-from ..base.quantize import gptq_load_kwargs
 from .recompute import keep_matmuls
 
 # selective checkpointing modes: how many wide matmuls of a layer keep their outputs (logivote.training.recompute)
