@@ -37,14 +37,14 @@ REPO = Path(__file__).resolve().parents[3]
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
-def rule_seconds(workdir: Path) -> dict[str, float]:
-    """Each rule's wall seconds from Snakemake's ``benchmarks/`` files (jobs of one rule summed)."""
-    seconds: dict[str, float] = {}
+def rule_seconds(workdir: Path) -> dict[str, list[float]]:
+    """Each rule's jobs' wall seconds from Snakemake's ``benchmarks/`` files (``train_lora``: one per job)."""
+    seconds: dict[str, list[float]] = {}
     for tsv in sorted((workdir / "benchmarks").rglob("*.tsv")):
         rule = tsv.parent.name if tsv.parent.name != "benchmarks" else tsv.stem
         with open(tsv, newline="") as handle:
             rows = list(csv.DictReader(handle, delimiter="\t"))
-        seconds[rule] = round(seconds.get(rule, 0.0) + float(rows[-1]["s"]), 1)
+        seconds.setdefault(rule, []).append(round(float(rows[-1]["s"]), 1))
     return seconds
 
 
