@@ -35,6 +35,12 @@ def wait_gone(pid: int, seconds: float = 15) -> bool:
     return True
 
 
+def make_question(i: int) -> dict:
+    """Question ``p#i`` of a two-option puzzle ``p``: what the stand-in server needs to answer."""
+    return {"qid": f"p#{i}", "puzzle_id": "p", "question_index": i, "source": "s", "problem": "?", "question": "?",
+            "options": ["x", "y"], "answer": None}
+
+
 def fake_spec(mode: str = "ok", **kw: object) -> ServerSpec:
     # argv(port) appends vLLM's flags; this stand-in reads only the port after "--port"
     script = (f"import sys, runpy; port = sys.argv[sys.argv.index('--port') + 1]; sys.argv = ['{FAKE}', port, '{mode}']; "
@@ -73,8 +79,7 @@ def test_each_server_answers_only_requests_with_its_own_key(tmp_path: Path) -> N
             assert requests.post(f"{server.url}/v1/chat/completions", json=body, timeout=5).status_code == 401
             wrong = {"Authorization": "Bearer not-the-key"}
             assert requests.post(f"{server.url}/v1/chat/completions", json=body, headers=wrong, timeout=5).status_code == 401
-            question = {"qid": "p#0", "puzzle_id": "p", "question_index": 0, "source": "s", "problem": "?", "question": "?",
-                        "options": ["x", "y"], "answer": None}
+            question = make_question(0)
             cache = AnswerCache(str(tmp_path / f"cache{run}.jsonl"))
             answers = ask_all(server.url, [Ask("lora-B", "fp", question)], cache, ClientSettings(threads=2, retries=0),
                               api_key=server.api_key)
@@ -109,8 +114,7 @@ def test_a_server_that_dies_at_its_first_request_names_the_engines_exception_fir
     log's path, and none of the chatter."""
     from logivote.serving.client import AnswerCache, Ask, ClientSettings, ask_all
 
-    question = {"qid": "p#0", "puzzle_id": "p", "question_index": 0, "source": "s", "problem": "?", "question": "?",
-                "options": ["x", "y"], "answer": None}
+    question = make_question(0)
     cache = AnswerCache(str(tmp_path / "cache.jsonl"))
     log_path = tmp_path / "vllm" / "predict.log"
     with pytest.raises(ServerError) as info:
@@ -134,12 +138,8 @@ def test_a_request_that_fails_for_good_stops_the_phase_within_seconds(tmp_path: 
     stopped, and the error names the adapter, the question and the server's answer."""
     from logivote.serving.client import AnswerCache, Ask, ClientSettings, RequestFailed, ask_all
 
-    def question(i: int) -> dict:
-        return {"qid": f"p#{i}", "puzzle_id": "p", "question_index": i, "source": "s", "problem": "?", "question": "?",
-                "options": ["x", "y"], "answer": None}
-
-    asks = [Ask("lora-A", "fp", question(i)) for i in range(15)] + [Ask("lora-R", "fp", question(99))]
-    asks += [Ask("lora-B", "fp", question(i)) for i in range(40)]  # queued behind the first 16
+    asks = [Ask("lora-A", "fp", make_question(i)) for i in range(15)] + [Ask("lora-R", "fp", make_question(99))]
+    asks += [Ask("lora-B", "fp", make_question(i)) for i in range(40)]  # queued behind the first 16
     cache = AnswerCache(str(tmp_path / "cache.jsonl"))
     with pytest.raises(RequestFailed) as info:
         with VllmServer(fake_spec("reject", health_timeout_s=30), tmp_path / "server.log") as server:

@@ -21,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +28,7 @@ from typing import Any
 
 from ..data.contracts import EvalPrediction, Prediction, Question, Round1Row, Round2Row, ServingRecord, adapter_name
 from ..data.flatten import read_questions
-from ..data.jsonl import atomic_write_jsonl, atomic_write_text, read_rows, sha256_file
+from ..data.jsonl import atomic_write_jsonl, atomic_write_text, link_or_copy, read_rows, sha256_file
 from ..ensemble.voting import needs_revote, tally_round1, tally_round2
 from ..gpus import gpu_slots
 from .client import AnswerCache, Ask, ClientSettings, ask_all
@@ -285,10 +283,7 @@ def link_prediction(shard_dir: str, k: int, prediction: str, oob: str | None = N
         if target:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             Path(target).unlink(missing_ok=True)
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copy2(source, target)
+            link_or_copy(source, target)
 
 
 def merge_serving(shard_dirs: Sequence[str], out_path: str) -> ServingRecord:

@@ -49,7 +49,7 @@ from typing import Any
 
 from ..base.quantize import gptq_load_kwargs
 from ..data.flatten import read_questions
-from ..data.jsonl import atomic_directory, sha256_file
+from ..data.jsonl import atomic_directory, link_or_copy, sha256_file
 from ..data.prompt import encode_example
 from .recompute import keep_matmuls
 
@@ -526,7 +526,4 @@ def link_adapter(job_adapter_dir: str | os.PathLike[str], out_dir: str | os.Path
     source = Path(job_adapter_dir)
     with atomic_directory(out_dir) as tmp:
         for path in source.iterdir():
-            try:
-                os.link(path, tmp / path.name)
-            except OSError:
-                shutil.copy2(path, tmp / path.name)
+            link_or_copy(path, tmp / path.name)
