@@ -10,10 +10,11 @@ Config key ``base_model.tiny.pretrain`` (config/README.md); with ``steps: 0`` no
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from ..data.contracts import Question
@@ -31,6 +32,7 @@ class PretrainSettings:
     kinds: list[str] = field(default_factory=lambda: ["weather"])  # sample_data.KIND_NAMES
     puzzles: int = 2000
     seed: int = 7
+    lr_schedule: str = "constant"  # constant, linear or cosine (to 0 at the last step)
 
 
 def generated_questions(settings: PretrainSettings, unseen: Collection[str] = ()) -> list[Question]:
@@ -49,6 +51,17 @@ def generated_questions(settings: PretrainSettings, unseen: Collection[str] = ()
     return [q for line, p in enumerate(puzzles, 1) if p["problem"] not in unseen for q in parse_puzzle(p, source, line)]
 
 
+def lr_factor(schedule: str, steps: int) -> Callable[[int], float]:
+    """The learning rate's factor at each step: ``constant`` 1; ``linear`` and ``cosine`` fall from 1 to 0 over ``steps``."""
+    if schedule == "constant":
+        return lambda step: 1.0
+    if schedule == "linear":
+        return lambda step: max(0.0, 1.0 - step / steps)
+    if schedule == "cosine":
+        return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+    raise ValueError(f"base_model.tiny.pretrain.lr_schedule: {schedule!r}; known: constant, linear, cosine")
+
+
 def pretrain(model_dir: str | os.PathLike[str], settings: PretrainSettings, unseen: Collection[str] = ()) -> list[float]:
     """Train the float model in ``model_dir`` in place for ``settings.steps`` steps on :func:`generated_questions`;
     returns the step losses."""
@@ -65,6 +78,7 @@ def pretrain(model_dir: str | os.PathLike[str], settings: PretrainSettings, unse
     examples = [e for q in generated_questions(settings, unseen) if (e := encode_example(tokenizer, q, 4096)) is not None]
     rng = random.Random(settings.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(settings.lr_schedule, settings.steps))
     pad = tokenizer.pad_token_id
     body, head = model.base_model, model.get_output_embeddings()
     losses: list[float] = []
@@ -82,6 +96,7 @@ def pretrain(model_dir: str | os.PathLike[str], settings: PretrainSettings, unse
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        scheduler.step()
         losses.append(float(loss.detach()))
         if (step + 1) % 200 == 0 or step + 1 == settings.steps:
             window = losses[-200:]
