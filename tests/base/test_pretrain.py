@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from safetensors.torch import load_file  # noqa: E402
 
-from logivote.base.pretrain import PretrainSettings, generated_questions, pretrain  # noqa: E402
+from logivote.base.pretrain import PretrainSettings, generated_questions, lr_factor, pretrain  # noqa: E402
 from logivote.base.tiny_model import TinyShape, build_tiny_model  # noqa: E402
 from logivote.data.prompt import SYSTEM, user_prompt  # noqa: E402
 
@@ -85,3 +85,15 @@ def test_the_rule_keeps_the_workflow_s_own_puzzles_out_of_pretraining(tmp_path: 
     tiny_model.build_from_questions([tmp_path / "train.jsonl"], tmp_path / "tiny", TinyShape(), PretrainSettings(steps=1))
     problems = {json.loads(line)["problem"] for line in (tmp_path / "train.jsonl").read_text(encoding="utf-8").splitlines()}
     assert seen == [problems]
+
+
+def test_the_learning_rate_schedules_fall_to_zero_at_the_last_step() -> None:
+    steps = 600
+    constant, linear, cosine = (lr_factor(name, steps) for name in ("constant", "linear", "cosine"))
+    assert [constant(s) for s in (0, 300, 599)] == [1.0, 1.0, 1.0]
+    assert linear(0) == 1.0 and linear(300) == 0.5 and linear(steps) == 0.0 and 0 < linear(599) < 0.01
+    assert cosine(0) == 1.0 and cosine(300) == pytest.approx(0.5) and cosine(steps) == pytest.approx(0.0)
+    factors = [linear(s) for s in range(steps)]
+    assert factors == sorted(factors, reverse=True)
+    with pytest.raises(ValueError, match=r"lr_schedule: 'step'"):
+        lr_factor("step", steps)
