@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from safetensors.torch import load_file  # noqa: E402
 
-from logivote.base.pretrain import PretrainSettings, generated_questions, lr_factor, pretrain  # noqa: E402
+from logivote.base.pretrain import PretrainSettings, generated_questions, lr_scheduler, pretrain  # noqa: E402
 from logivote.base.tiny_model import TinyShape, build_tiny_model  # noqa: E402
 from logivote.data.prompt import SYSTEM, user_prompt  # noqa: E402
 
@@ -87,13 +87,24 @@ def test_the_rule_keeps_the_workflow_s_own_puzzles_out_of_pretraining(tmp_path: 
     assert seen == [problems]
 
 
+def factors(schedule: str, steps: int) -> list[float]:
+    """The pre-training rate's factor before each step 0 … ``steps`` (after the last step: ``steps``)."""
+    optimizer = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = lr_scheduler(optimizer, schedule, steps)
+    out = []
+    for _ in range(steps + 1):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
 def test_the_learning_rate_schedules_fall_to_zero_at_the_last_step() -> None:
     steps = 600
-    constant, linear, cosine = (lr_factor(name, steps) for name in ("constant", "linear", "cosine"))
-    assert [constant(s) for s in (0, 300, 599)] == [1.0, 1.0, 1.0]
-    assert linear(0) == 1.0 and linear(300) == 0.5 and linear(steps) == 0.0 and 0 < linear(599) < 0.01
-    assert cosine(0) == 1.0 and cosine(300) == pytest.approx(0.5) and cosine(steps) == pytest.approx(0.0)
-    factors = [linear(s) for s in range(steps)]
-    assert factors == sorted(factors, reverse=True)
-    with pytest.raises(ValueError, match=r"lr_schedule: 'step'"):
-        lr_factor("step", steps)
+    constant, linear, cosine = (factors(name, steps) for name in ("constant", "linear", "cosine"))
+    assert set(constant) == {1.0}
+    assert linear[0] == 1.0 and linear[300] == 0.5 and linear[steps] == 0.0 and 0 < linear[599] < 0.01
+    assert cosine[0] == 1.0 and cosine[300] == pytest.approx(0.5) and cosine[steps] == pytest.approx(0.0)
+    assert linear == sorted(linear, reverse=True) and cosine == sorted(cosine, reverse=True)
+    with pytest.raises(ValueError, match=r"base_model.tiny.pretrain.lr_schedule: 'step'"):
+        factors("step", steps)

@@ -10,12 +10,12 @@ Config key ``base_model.tiny.pretrain`` (config/README.md); with ``steps: 0`` no
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..data.contracts import Question
 
@@ -51,15 +51,17 @@ def generated_questions(settings: PretrainSettings, unseen: Collection[str] = ()
     return [q for line, p in enumerate(puzzles, 1) if p["problem"] not in unseen for q in parse_puzzle(p, source, line)]
 
 
-def lr_factor(schedule: str, steps: int) -> Callable[[int], float]:
-    """The learning rate's factor at each step: ``constant`` 1; ``linear`` and ``cosine`` fall from 1 to 0 over ``steps``."""
-    if schedule == "constant":
-        return lambda step: 1.0
-    if schedule == "linear":
-        return lambda step: max(0.0, 1.0 - step / steps)
-    if schedule == "cosine":
-        return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
-    raise ValueError(f"base_model.tiny.pretrain.lr_schedule: {schedule!r}; known: constant, linear, cosine")
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def lr_scheduler(optimizer: Any, schedule: str, steps: int) -> Any:
+    """transformers' ``get_scheduler`` (training's schedules too): ``constant`` keeps the rate; ``linear`` and
+    ``cosine`` fall from it to 0 over ``steps``, with no warm-up."""
+    from transformers import get_scheduler
+
+    if schedule not in SCHEDULES:
+        raise ValueError(f"base_model.tiny.pretrain.lr_schedule: {schedule!r}; known: {', '.join(SCHEDULES)}")
+    return get_scheduler(schedule, optimizer, num_warmup_steps=0, num_training_steps=steps)
 
 
 def pretrain(model_dir: str | os.PathLike[str], settings: PretrainSettings, unseen: Collection[str] = ()) -> list[float]:
@@ -78,7 +80,7 @@ def pretrain(model_dir: str | os.PathLike[str], settings: PretrainSettings, unse
     examples = [e for q in generated_questions(settings, unseen) if (e := encode_example(tokenizer, q, 4096)) is not None]
     rng = random.Random(settings.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(settings.lr_schedule, settings.steps))
+    scheduler = lr_scheduler(optimizer, settings.lr_schedule, settings.steps)
     pad = tokenizer.pad_token_id
     body, head = model.base_model, model.get_output_embeddings()
     losses: list[float] = []
