@@ -23,7 +23,7 @@ from logivote.base.tiny_model import TinyShape, build_from_questions  # noqa: E4
 from logivote.data.bagging import write_subset  # noqa: E402
 from logivote.data.flatten import Source, flatten, read_questions  # noqa: E402
 from logivote.data.prompt import encode_example  # noqa: E402
-from logivote.training.train import TrainSettings, train_adapter, train_adapters  # noqa: E402
+from logivote.training.train import TrainSettings, init_seeds, train_adapter, train_adapters  # noqa: E402
 
 from ..conftest import REPO  # noqa: E402
 
@@ -105,11 +105,13 @@ def assert_same_adapters(a: Path, b: Path, atol: float) -> None:
     assert any(float(t.abs().sum()) > 0 for n, t in ref.items() if "lora_B" in n)  # trained, not the zero init
 
 
-def test_three_adapters_in_one_job_match_three_jobs_of_one(tiny: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("lora_init", ["shared", "per_adapter"])
+def test_three_adapters_in_one_job_match_three_jobs_of_one(tiny: dict[str, Path], tmp_path: Path, lora_init: str) -> None:
+    settings = replace(EXACT, lora_init=lora_init)
     bags = subsets(tiny, {0: 0.25, 1: 0.25, 2: 0.25})
-    train_adapters(tiny["base"], bags, {k: tmp_path / "k3" / str(k) for k in bags}, tmp_path / "ckpt3", EXACT)
+    train_adapters(tiny["base"], bags, {k: tmp_path / "k3" / str(k) for k in bags}, tmp_path / "ckpt3", settings)
     for k, bag in bags.items():
-        train_adapters(tiny["base"], {k: bag}, {k: tmp_path / "k1" / str(k)}, tmp_path / f"ckpt1-{k}", EXACT)
+        train_adapters(tiny["base"], {k: bag}, {k: tmp_path / "k1" / str(k)}, tmp_path / f"ckpt1-{k}", settings)
         assert_same_adapters(tmp_path / "k1" / str(k), tmp_path / "k3" / str(k), atol=1e-9)
     # and the adapters differ from each other: each row met only its own adapter
     a, b = (load_file(tmp_path / "k3" / k / "adapter_model.safetensors") for k in "01")
@@ -316,6 +318,16 @@ def test_every_adapter_folder_has_its_loss_curve(tiny: dict[str, Path], tmp_path
         assert {r["adapter"] for r in rows} == {k}
         assert rows[0]["learning_rate"] > rows[-1]["learning_rate"] >= 0  # linear schedule
         assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def test_per_adapter_init_gives_each_subset_its_own_start_whichever_job_trains_it() -> None:
+    shared, own = replace(SETTINGS, lora_init="shared"), replace(SETTINGS, lora_init="per_adapter")
+    assert init_seeds(shared, [3, 4]) == [SETTINGS.seed] * 2
+    seeds = init_seeds(own, [3, 4, 5])
+    assert len(set(seeds)) == 3 and init_seeds(own, [5]) == seeds[2:]  # subset 5 starts alike in a job of 3 or of 1
+    assert init_seeds(replace(own, seed=SETTINGS.seed + 1), [3]) != seeds[:1]
+    with pytest.raises(ValueError, match="train.lora_init: shared or per_adapter, not 'random'"):
+        replace(SETTINGS, lora_init="random")
 
 
 def test_gradient_checkpointing_is_true_false_or_selective() -> None:

@@ -77,6 +77,7 @@ class TrainSettings:
     lr_scheduler: str = "linear"
     warmup_steps: int = 0
     seed: int = 42
+    lora_init: str = "shared"  # shared: every adapter's A from ``seed``, as separate runs of one seed; per_adapter: from (seed, subset)
     save_steps: int = 50
     logging_steps: int = 10
     dtype: str = "float32"  # float32 | bfloat16 | float16 | auto (bf16 where the GPU has it, else fp16) | float64 (checks)
@@ -91,6 +92,8 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.gradient_checkpointing not in (True, False, *SELECTIVE):
             raise ValueError(f"train.gradient_checkpointing: true, false, selective or selective_gate, not {self.gradient_checkpointing!r}")
+        if self.lora_init not in ("shared", "per_adapter"):
+            raise ValueError(f"train.lora_init: shared or per_adapter, not {self.lora_init!r}")
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> TrainSettings:
@@ -252,6 +255,14 @@ def read_loss_curve(path: str | os.PathLike[str]) -> list[dict[str, float]]:
     return [dict(zip(LOSS_CURVE_COLUMNS, map(float, line.split("\t")))) for line in body]
 
 
+def init_seeds(settings: TrainSettings, adapters: Sequence[int]) -> list[int]:
+    """The seed of each adapter's initial ``A`` (``train.lora_init``): ``seed`` for all, or one per subset index, so that
+    an adapter starts the same whichever job (and whichever K) trains it."""
+    if settings.lora_init == "shared":
+        return [settings.seed] * len(adapters)
+    return [int.from_bytes(hashlib.sha256(f"{settings.seed}:{k}".encode()).digest()[:8], "little") & (2**63 - 1) for k in adapters]
+
+
 @functools.cache
 def lr_factors(scheduler: str, warmup_steps: int, optimizer_steps: int) -> tuple[float, ...]:
     """The learning rate's multiplier before optimizer step n = 0 … ``optimizer_steps``: transformers'
@@ -365,7 +376,7 @@ def train_adapters(
             checkpoint_kwargs["context_fn"] = keep_matmuls(model.config.hidden_size, wide=SELECTIVE[settings.gradient_checkpointing])
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
     shape = LoraShape(settings.lora_r, settings.lora_alpha, settings.lora_dropout, tuple(settings.target_modules))
-    lora = StackedLora(model, len(adapters), shape, seeds=[settings.seed] * len(adapters), dtype=dtype,
+    lora = StackedLora(model, len(adapters), shape, seeds=init_seeds(settings, adapters), dtype=dtype,
                        keep_dequantized=bool(settings.gradient_checkpointing))
     model.train()
     _log_setup(model, lora, adapters, on_gpu)
