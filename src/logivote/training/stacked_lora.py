@@ -170,7 +170,8 @@ class StackedLoraLinear(nn.Module):
         return frozen_forward(self.base, x, self.keep_weight, addend=delta.to(x.dtype))
 
 
-def _seed(seed: int, name: str) -> int:
+def derived_seed(seed: int, name: str) -> int:
+    """A 63-bit seed for ``name`` under ``seed``, the same on every machine (sha256 of ``"seed:name"``)."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") & (2**63 - 1)
 
 
@@ -203,7 +204,7 @@ class StackedLora:
     def _init(self, adapter: int, seed: int) -> None:
         """peft's default: A Kaiming-uniform (a = sqrt(5)), B zero; A from a generator of (the adapter's seed, layer name)."""
         for name, layer in self.layers.items():
-            generator = torch.Generator().manual_seed(_seed(seed, name))
+            generator = torch.Generator().manual_seed(derived_seed(seed, name))
             a = torch.empty(layer.lora_A.shape[1:], dtype=torch.float32)
             nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
             with torch.no_grad():

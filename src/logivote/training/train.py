@@ -260,7 +260,9 @@ def init_seeds(settings: TrainSettings, adapters: Sequence[int]) -> list[int]:
     an adapter starts the same whichever job (and whichever K) trains it."""
     if settings.lora_init == "shared":
         return [settings.seed] * len(adapters)
-    return [int.from_bytes(hashlib.sha256(f"{settings.seed}:{k}".encode()).digest()[:8], "little") & (2**63 - 1) for k in adapters]
+    from .stacked_lora import derived_seed
+
+    return [derived_seed(settings.seed, str(k)) for k in adapters]
 
 
 @functools.cache
