@@ -11,9 +11,10 @@ workflow, with ``train.seed`` set to the seed (README "What the default shows"):
 
 It prints one Markdown row per run (baseline, adapters, vote, round-2 counts, whether each relation of
 :func:`logivote.ensemble.evaluation.learning_relations` held, wall time and each rule's seconds) and appends the
-same as JSON lines to ``--out``.
+same as JSON lines to ``--out``. ``--keep DIR`` keeps each run's ``results/data`` and ``results/eval`` (the dev
+questions and every adapter's dev answers) in ``DIR/seed{seed}-{path}/``, to see which questions move the vote.
 
-    python -m logivote.bench.seeds [--seeds 7 42 2024] [--paths native avx2] [--out FILE]
+    python -m logivote.bench.seeds [--seeds 7 42 2024] [--paths native avx2] [--out FILE] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def rule_seconds(workdir: Path) -> dict[str, list[float]]:
     return seconds
 
 
-def run(seed: int, path: str, cores: int) -> dict[str, Any]:
+def run(seed: int, path: str, cores: int, keep: Path | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"logivote-seed{seed}-{path}-") as scratch:
         work = Path(scratch)
         for name in ("workflow", "config", "resources", "envs"):
@@ -61,11 +62,14 @@ def run(seed: int, path: str, cores: int) -> dict[str, Any]:
         (work / "overlay.yaml").write_text(json.dumps(overlay))
         started = time.monotonic()
         result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", "overlay.yaml"],
-                                cwd=work, capture_output=True, text=True, env=env)
+                                check=False, cwd=work, capture_output=True, text=True, env=env)
         wall = time.monotonic() - started
         if result.returncode:
             raise RuntimeError(f"seed {seed}, path {path}: snakemake failed:\n{(result.stdout + result.stderr)[-4000:]}")
         metrics = json.loads((work / "results/eval/metrics.json").read_text())
+        if keep:
+            for part in ("data", "eval"):
+                shutil.copytree(work / "results" / part, keep / f"seed{seed}-{path}" / part, dirs_exist_ok=True)
         return {"seed": seed, "path": path, "serving": metrics["serving"], "wall_s": round(wall, 1),
                 "rules_s": rule_seconds(work), "cpu": platform.processor() or platform.machine(), **learning_relations(metrics)}
 
@@ -83,12 +87,13 @@ def main() -> None:
     parser.add_argument("--paths", nargs="+", default=["native", "avx2"], choices=["native", "avx2"])
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--keep", type=Path, help="keep each run's results/data and results/eval here")
     args = parser.parse_args()
     print("| train seed | path | served | baseline | min adapter | mean adapter | vote | round 2 (test / dev) | relations hold | wall |")
     print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for seed in args.seeds:
         for path in args.paths:
-            result = run(seed, path, args.cores)
+            result = run(seed, path, args.cores, args.keep)
             print(row(result), flush=True)
             if args.out:
                 with open(args.out, "a") as handle:
