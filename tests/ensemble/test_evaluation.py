@@ -10,6 +10,7 @@ from logivote.ensemble.evaluation import (
     baselines,
     by_vote_share,
     ensemble,
+    learning_relations,
     pairwise_agreement,
     per_adapter,
     vote_size_curve,
@@ -153,3 +154,27 @@ def test_evaluate_writes_metrics_and_tables(tmp_path) -> None:  # noqa: ANN001
     rows = out["a.tsv"].read_text().splitlines()
     assert rows[0].startswith("adapter\tsplit\tn") and len(rows) == 1 + 3 + 3
     assert out["v.tsv"].read_text().splitlines()[1].startswith("1\t3\t")
+
+
+def test_learning_relations_compare_counts_exactly() -> None:
+    """A vote equal to the mean adapter holds "vote >= mean adapter", though the float mean lands a last bit above it.
+
+    The counts are a real run's (half-weather sample, seed 7): 21 adapters summing to 21 x 115 correct of 225, vote 115.
+    """
+    counts = [116, 113, 121, 114, 114, 110, 125, 111, 109, 114, 116, 112, 114, 111, 114, 116, 118, 111, 122, 119, 115]  # adapters 0-20
+    n = 225
+    assert sum(c / n for c in counts) / len(counts) > 115 / n  # the float mean this guards against
+    metrics = {
+        "baselines": {"n": n, "most_frequent_accuracy": 79 / n},
+        "dev": {"per_adapter": {str(i): {"n": n, "correct": c, "accuracy": c / n} for i, c in enumerate(counts)},
+                "ensemble": {"n": n, "correct": 115, "accuracy": 115 / n}, "round2": {"to_round2": 0}},
+        "test": {"to_round2": 1},
+    }
+    assert all(learning_relations(metrics)["holds"].values())
+    metrics["dev"]["ensemble"].update(correct=114, accuracy=114 / n)  # one question fewer: below the mean
+    assert not learning_relations(metrics)["holds"]["vote >= mean adapter"]
+    # 10 points of 225 are 22.5 questions: a mean 23 questions above the baseline holds, 22 do not
+    metrics["baselines"]["most_frequent_accuracy"] = 92 / n
+    assert learning_relations(metrics)["holds"]["mean adapter >= baseline + 0.10"]
+    metrics["baselines"]["most_frequent_accuracy"] = 93 / n
+    assert not learning_relations(metrics)["holds"]["mean adapter >= baseline + 0.10"]
