@@ -88,7 +88,7 @@ def test_accuracy_by_vote_share() -> None:
 def test_baselines() -> None:
     got = baselines(GOLD, {"q1": 2, "q2": 4, "q3": 4, "q4": 5}, ["B", "A", "A", "B", "C"])
     assert got["most_frequent_letter"] == "A"  # A and B tie at 2: alphabetical
-    assert got["most_frequent_accuracy"] == 0.5
+    assert got["most_frequent_accuracy"] == 0.5 and got["most_frequent_correct"] == 2
     assert got["uniform_random_accuracy"] == pytest.approx((1 / 2 + 1 / 4 + 1 / 4 + 1 / 5) / 4)
     assert baselines({}, {}, [])["most_frequent_accuracy"] is None
 
@@ -165,7 +165,7 @@ def test_learning_relations_compare_counts_exactly() -> None:
     n = 225
     assert sum(c / n for c in counts) / len(counts) > 115 / n  # the float mean this guards against
     metrics = {
-        "baselines": {"n": n, "most_frequent_accuracy": 79 / n},
+        "baselines": {"n": n, "most_frequent_correct": 79, "most_frequent_accuracy": 79 / n},
         "dev": {"per_adapter": {str(i): {"n": n, "correct": c, "accuracy": c / n} for i, c in enumerate(counts)},
                 "ensemble": {"n": n, "correct": 115, "accuracy": 115 / n}, "round2": {"to_round2": 0}},
         "test": {"to_round2": 1},
@@ -174,7 +174,7 @@ def test_learning_relations_compare_counts_exactly() -> None:
     metrics["dev"]["ensemble"].update(correct=114, accuracy=114 / n)  # one question fewer: below the mean
     assert not learning_relations(metrics)["holds"]["vote >= mean adapter"]
     # 10 points of 225 are 22.5 questions: a mean 23 questions above the baseline holds, 22 do not
-    metrics["baselines"]["most_frequent_accuracy"] = 92 / n
+    metrics["baselines"].update(most_frequent_correct=92, most_frequent_accuracy=92 / n)
     assert learning_relations(metrics)["holds"]["mean adapter >= baseline + 0.10"]
-    metrics["baselines"]["most_frequent_accuracy"] = 93 / n
+    metrics["baselines"].update(most_frequent_correct=93, most_frequent_accuracy=93 / n)
     assert not learning_relations(metrics)["holds"]["mean adapter >= baseline + 0.10"]

@@ -155,13 +155,16 @@ def by_vote_share(answers: Answers, gold: Mapping[str, str], edges: Sequence[flo
 def baselines(gold: Mapping[str, str], n_options: Mapping[str, int], train_letters: Sequence[str]) -> dict[str, Any]:
     """What no model needs: always the most frequent training letter, and the expected accuracy of uniform guessing."""
     if not gold:
-        return {"n": 0, "most_frequent_letter": None, "most_frequent_accuracy": None, "uniform_random_accuracy": None}
+        return {"n": 0, "most_frequent_letter": None, "most_frequent_correct": None, "most_frequent_accuracy": None,
+                "uniform_random_accuracy": None}
     counts = Counter(train_letters)
     letter = min(counts, key=lambda x: (-counts[x], x)) if counts else "A"
+    correct = sum(g == letter for g in gold.values())
     return {
         "n": len(gold),
         "most_frequent_letter": letter,
-        "most_frequent_accuracy": sum(g == letter for g in gold.values()) / len(gold),
+        "most_frequent_correct": correct,
+        "most_frequent_accuracy": correct / len(gold),
         "uniform_random_accuracy": sum(1 / n_options[qid] for qid in gold) / len(gold),
     }
 
@@ -305,8 +308,7 @@ def learning_relations(metrics: Mapping[str, Any]) -> dict[str, Any]:
     exact = [Fraction(a["correct"], a["n"]) for a in dev["per_adapter"].values()]
     exact_mean = sum(exact, Fraction(0)) / len(exact)
     exact_vote = Fraction(dev["ensemble"]["correct"], dev["ensemble"]["n"])
-    n_base = metrics["baselines"]["n"]
-    exact_baseline = Fraction(round(baseline * n_base), n_base)
+    exact_baseline = Fraction(metrics["baselines"]["most_frequent_correct"], metrics["baselines"]["n"])
     round2_test = metrics["test"]["to_round2"]
     round2_dev = (dev.get("round2") or {}).get("to_round2", 0)
     return {
