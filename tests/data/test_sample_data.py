@@ -55,3 +55,12 @@ def test_ordering_answers_follow_from_the_facts() -> None:
                 assert chosen == ("是" if order.index(a) < order.index(b) else "否")
             checked += 1
     assert checked >= 20
+
+
+def test_kind_of_reads_back_every_sample_puzzles_kind() -> None:
+    from logivote.data.sample_data import KINDS, kind_of
+
+    names = [kind.__name__.removesuffix("_puzzle") for kind in KINDS]
+    for i, (_, puzzle) in enumerate(iter_jsonl(DATA / "sample_train.jsonl")):
+        assert kind_of(puzzle["problem"]) == names[i % len(names)], puzzle["id"]
+    assert kind_of("三个人比较身高。") is None

@@ -10,6 +10,7 @@ from logivote.ensemble.evaluation import (
     baselines,
     by_vote_share,
     ensemble,
+    lead_by_group,
     learning_relations,
     pairwise_agreement,
     per_adapter,
@@ -178,3 +179,24 @@ def test_learning_relations_compare_counts_exactly() -> None:
     assert learning_relations(metrics)["holds"]["mean adapter >= baseline + 0.10"]
     metrics["baselines"].update(most_frequent_correct=93, most_frequent_accuracy=93 / n)
     assert not learning_relations(metrics)["holds"]["mean adapter >= baseline + 0.10"]
+
+
+def test_lead_by_group_splits_the_votes_lead_over_the_mean_adapter() -> None:
+    # "read": each adapter misses a different question, so the vote gets all three (+1/3 each);
+    # "habit": a yes/no form answered "A" by two adapters of three, right once and wrong once (+1/3 - 1/3)
+    gold = {"r1": "A", "r2": "B", "r3": "C", "h1": "A", "h2": "B"}
+    answers = {
+        "x": {"r1": "D", "r2": "B", "r3": "C", "h1": "A", "h2": "A"},
+        "y": {"r1": "A", "r2": "D", "r3": "C", "h1": "A", "h2": "A"},
+        "z": {"r1": "A", "r2": "B", "r3": "D", "h1": "B", "h2": "B"},
+    }
+    groups = {"r1": "read", "r2": "read", "r3": "read", "h1": "habit", "h2": "habit"}
+    lead = lead_by_group(answers, gold, groups)
+    assert list(lead) == ["habit", "read"]
+    assert lead["read"]["n"] == 3 and lead["read"]["vote"] == 1.0
+    assert math.isclose(lead["read"]["mean_share"], 2 / 3) and math.isclose(lead["read"]["lead"], 1.0)
+    assert lead["habit"]["vote"] == 0.5 and math.isclose(lead["habit"]["lead"], 0.0, abs_tol=1e-12)
+    # the groups' leads add up to (vote - mean adapter) x questions
+    mean = sum(a["accuracy"] for a in per_adapter(answers, gold).values()) / len(answers)
+    total = sum(g["lead"] for g in lead.values())
+    assert math.isclose(total, (ensemble(answers, gold)["accuracy"] - mean) * len(gold))

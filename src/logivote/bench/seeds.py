@@ -12,7 +12,8 @@ workflow, with ``train.seed`` set to the seed (README "What the default shows"):
 It prints one Markdown row per run (baseline, adapters, vote, round-2 counts, whether each relation of
 :func:`logivote.ensemble.evaluation.learning_relations` held, wall time and each rule's seconds) and appends the
 same as JSON lines to ``--out``. ``--keep DIR`` keeps each run's ``results/data`` and ``results/eval`` (the dev
-questions and every adapter's dev answers) in ``DIR/seed{seed}-{path}/``, to see which questions move the vote.
+questions and every adapter's dev answers) in ``DIR/seed{seed}-{path}/``, to see which questions move the vote
+(``python -m logivote.bench.lead DIR/seed{seed}-{path}``).
 
     python -m logivote.bench.seeds [--seeds 7 42 2024] [--paths native avx2] [--out FILE] [--keep DIR]
 """

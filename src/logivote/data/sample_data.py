@@ -31,6 +31,15 @@ NAMES = [
 FOODS = ["苹果", "香蕉", "米饭", "面条", "鸡肉", "豆腐", "西瓜", "饺子"]
 CLOSED_WORLD = "假设以上列出的事实是全部事实，没有列出的关系一律不成立（封闭世界假设）。"
 
+# how each kind's problem text opens (after a count, for orderings): :func:`kind_of` reads the kind back
+OPENINGS = {
+    "family": "下面是一个家族中的亲属关系",
+    "ordering": "个人比较身高",
+    "likes": "关于几个人的饮食喜好",
+    "number": "对正整数按以下规则分类",
+    "weather": "某城市一周的天气记录如下",
+}
+
 Puzzle = dict[str, Any]
 QuestionSpec = tuple[str, list[str], int]  # question text, options, index of the correct option
 
@@ -58,7 +67,7 @@ def family_puzzle(rng: random.Random) -> tuple[str, list[QuestionSpec]]:
     facts = [f"{p}是{c}的父母。" for p, cs in children.items() for c in cs]
     rng.shuffle(facts)
     problem = (
-        "下面是一个家族中的亲属关系：\n\n"
+        OPENINGS["family"] + "：\n\n"
         + "\n".join(f"{i}. {fact}" for i, fact in enumerate(facts, 1))
         + "\n\n规则：如果X是Y的父母，且Y是Z的父母，则X是Z的祖父母。"
         "如果X和Y有同一个父母且X不是Y，则X和Y是兄弟姐妹。\n"
@@ -83,7 +92,7 @@ def ordering_puzzle(rng: random.Random) -> tuple[str, list[QuestionSpec]]:
     facts = [f"{people[i]}比{people[i + 1]}高。" for i in range(len(people) - 1)]
     rng.shuffle(facts)
     problem = (
-        f"{len(people)}个人比较身高，已知：\n\n"
+        f"{len(people)}{OPENINGS['ordering']}，已知：\n\n"
         + "\n".join(f"{i}. {fact}" for i, fact in enumerate(facts, 1))
         + "\n\n规则：如果X比Y高，且Y比Z高，则X比Z高。\n"
         + CLOSED_WORLD
@@ -112,7 +121,7 @@ def likes_puzzle(rng: random.Random) -> tuple[str, list[QuestionSpec]]:
     facts = [f"{p}喜欢{f}。" for p in people for f in sorted(likes[p], key=foods.index)]
     rng.shuffle(facts)
     problem = (
-        "关于几个人的饮食喜好，已知：\n\n"
+        OPENINGS["likes"] + "，已知：\n\n"
         + "\n".join(f"{i}. {fact}" for i, fact in enumerate(facts, 1))
         + "\n\n"
         + CLOSED_WORLD
@@ -148,7 +157,7 @@ def number_puzzle(rng: random.Random) -> tuple[str, list[QuestionSpec]]:
         return "丁类"
 
     problem = (
-        "对正整数按以下规则分类：\n\n"
+        OPENINGS["number"] + "：\n\n"
         f"1. 如果一个数既能被{d1}整除又能被{d2}整除，它属于甲类。\n"
         f"2. 否则，如果它能被{d1}整除，它属于乙类。\n"
         f"3. 否则，如果它能被{d2}整除，它属于丙类。\n"
@@ -174,7 +183,7 @@ def weather_puzzle(rng: random.Random) -> tuple[str, list[QuestionSpec]]:
     days = [w for w, k in zip(used, counts) for _ in range(k)]
     rng.shuffle(days)
     problem = (
-        "某城市一周的天气记录如下：\n\n"
+        OPENINGS["weather"] + "：\n\n"
         + "\n".join(f"{day}：{w}。" for day, w in zip(DAYS, days))
         + "\n\n" + CLOSED_WORLD + "\n\n根据以上信息，回答以下选择题："
     )
@@ -192,6 +201,12 @@ KINDS: list[Callable[[random.Random], tuple[str, list[QuestionSpec]]]] = [
     family_puzzle, ordering_puzzle, likes_puzzle, number_puzzle, weather_puzzle,
 ]
 KIND_NAMES = {kind.__name__.removesuffix("_puzzle"): kind for kind in KINDS}
+
+
+def kind_of(problem: str) -> str | None:
+    """The kind (a key of :data:`KIND_NAMES`) of a problem text this module wrote, else ``None``."""
+    opening = problem.lstrip("0123456789")
+    return next((kind for kind, text in OPENINGS.items() if opening.startswith(text)), None)
 
 
 def make_puzzles(prefix: str, n: int, seed: int, with_answers: bool,

@@ -152,6 +152,28 @@ def by_vote_share(answers: Answers, gold: Mapping[str, str], edges: Sequence[flo
     return buckets
 
 
+def lead_by_group(answers: Answers, gold: Mapping[str, str], group_of: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Where the vote's lead over the mean adapter comes from: per group of gold questions (``group_of[qid]``).
+
+    For each group: ``n`` questions, ``mean_share`` (the share of all adapters right, averaged over its
+    questions; an unanswered question counts as wrong), ``vote`` (the vote's accuracy, :func:`winner`) and
+    ``lead``, the sum over its questions of (vote right − share right), in questions. The leads of all
+    groups add up to (vote − mean adapter) × the number of questions, when every adapter answered every one.
+    """
+    adapters = list(answers)
+    out: dict[str, dict[str, Any]] = {}
+    for qid, right in gold.items():
+        votes = [answers[a][qid] for a in adapters if qid in answers[a]]
+        share = sum(v == right for v in votes) / len(adapters) if adapters else 0.0
+        vote_right = winner(votes) == right
+        group = out.setdefault(group_of[qid], {"n": 0, "share_sum": 0.0, "vote_correct": 0})
+        group["n"] += 1
+        group["share_sum"] += share
+        group["vote_correct"] += vote_right
+    return {name: {"n": g["n"], "mean_share": g["share_sum"] / g["n"], "vote": g["vote_correct"] / g["n"],
+                   "lead": g["vote_correct"] - g["share_sum"]} for name, g in sorted(out.items())}
+
+
 def baselines(gold: Mapping[str, str], n_options: Mapping[str, int], train_letters: Sequence[str]) -> dict[str, Any]:
     """What no model needs: always the most frequent training letter, and the expected accuracy of uniform guessing."""
     if not gold:
@@ -184,7 +206,9 @@ def pairwise_agreement(answers: Answers) -> dict[str, dict[str, float | None]]:
 RECIPE_VOTE_SIZES = (15, 17, 19, 21, 25)  # the vote sizes the recipe's authors tried
 
 
-def _tables(paths: Mapping[int, str]) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, float | None]], dict[str, str], dict[str, int]]:
+def answer_tables(paths: Mapping[int, str]) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, float | None]], dict[str, str], dict[str, int]]:
+    """Scored answer files (``{k: path}``, rows with qid, answer, logprob, gold, n_options) as the metrics' mappings:
+    answers and logprobs by adapter name ``str(k)``, gold letters and option counts by question."""
     answers: dict[str, dict[str, str]] = {}
     logprobs: dict[str, dict[str, float | None]] = {}
     gold: dict[str, str] = {}
@@ -242,8 +266,8 @@ def evaluate(oob_paths: Mapping[int, str], dev_paths: Mapping[int, str], pool_pa
     from ..data.flatten import read_questions
     from ..data.jsonl import atomic_write_text
 
-    oob, _, oob_gold, oob_options = _tables(oob_paths)
-    dev, dev_logprobs, dev_gold, dev_options = _tables(dev_paths)
+    oob, _, oob_gold, oob_options = answer_tables(oob_paths)
+    dev, dev_logprobs, dev_gold, dev_options = answer_tables(dev_paths)
     train_letters = [str(q["answer"]) for q in read_questions(pool_path)]
     round1, round2 = read_rows(round1_path), read_rows(round2_path)
     scored_gold, scored_options = (dev_gold, dev_options) if dev_gold else (oob_gold, oob_options)
