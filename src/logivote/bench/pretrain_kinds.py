@@ -1,0 +1,74 @@
+"""Benchmark (not a test): which puzzle kinds a pre-trained tiny base reads, by kind and question, in float.
+
+Builds the tiny base as rule ``base_model`` does (tokenizer from the flattened ``train.jsonl`` and ``test.jsonl`` of a
+``results/data`` folder, the embedded default's shape with ``--layers`` layers), pre-trains it on ``--kinds`` for
+``--steps`` steps (linear to 0 from 1e-3, batch 8, 2 000 puzzles, seed 7, as the default), then asks it held-out
+generated puzzles of every kind (300 puzzles, seed 99) and takes the most likely option letter, as vLLM's choice
+of letters does. Prints one JSON line: accuracy per ``{kind}/{question_index}`` and the build's seconds
+(config/README.md, "Pre-training the tiny base").
+
+    python -m logivote.bench.pretrain_kinds results/data --layers 2 --steps 600 --kinds weather [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from logivote.base.pretrain import PretrainSettings, generated_questions
+from logivote.base.tiny_model import TinyShape, build_from_questions
+from logivote.data.contracts import LETTERS
+from logivote.data.prompt import prompt_ids
+from logivote.data.sample_data import KIND_NAMES, kind_of
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", type=Path, help="a results/data folder with train.jsonl and test.jsonl")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--kinds", default="weather", help="comma-separated kinds of logivote.data.sample_data")
+    parser.add_argument("--out", type=Path, help="append the JSON line here")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(2)
+    kinds = args.kinds.split(",")
+    shape = TinyShape(vocab_size=2048, hidden_size=128, intermediate_size=256, num_hidden_layers=args.layers,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048, seed=0,
+                      initializer_range=0.1)
+    settings = PretrainSettings(steps=args.steps, batch_size=8, learning_rate=1e-3, kinds=kinds, puzzles=2000, seed=7,
+                                lr_schedule="linear")
+    with tempfile.TemporaryDirectory(prefix="logivote-pretrain-kinds-") as scratch:
+        model_dir = Path(scratch) / "base"
+        started = time.monotonic()
+        build_from_questions([args.data / "train.jsonl", args.data / "test.jsonl"], model_dir, shape, settings)
+        build_s = time.monotonic() - started
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    letter_ids = [tokenizer.convert_tokens_to_ids(letter) for letter in LETTERS]
+    held_out = generated_questions(PretrainSettings(kinds=sorted(KIND_NAMES), puzzles=300, seed=99))
+    right: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    with torch.no_grad():
+        for question in held_out:
+            logits = model(torch.tensor([prompt_ids(tokenizer, question)])).logits[0, -1]
+            pick = LETTERS[int(torch.argmax(logits[letter_ids[: len(question["options"])]]))]
+            tally = right[f"{kind_of(question['problem'])}/{question['question_index']}"]
+            tally[0] += pick == question["answer"]
+            tally[1] += 1
+    line = json.dumps({"layers": args.layers, "steps": args.steps, "kinds": kinds, "build_s": round(build_s),
+                       **{name: round(ok / n, 2) for name, (ok, n) in sorted(right.items())}})
+    print(line)
+    if args.out:
+        with open(args.out, "a") as handle:
+            handle.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
