@@ -1,37 +1,44 @@
 """Benchmark (not a test): which puzzle kinds a pre-trained tiny base reads, by kind and question, in float.
 
 Builds the tiny base as rule ``base_model`` does (tokenizer from the flattened ``train.jsonl`` and ``test.jsonl`` of a
-``results/data`` folder, the embedded default's shape with ``--layers`` layers), pre-trains it on ``--kinds`` for
-``--steps`` steps (linear to 0 from 1e-3, batch 8, 2 000 puzzles, seed 7, as the default), then asks it held-out
+``results/data`` folder; shape and pre-training from ``base_model.tiny`` of ``--config``, the embedded default unless
+told), with ``--layers``, ``--steps`` and ``--kinds`` in place of the config's where given, in float, then asks it held-out
 generated puzzles of every kind (300 puzzles, seed 99) and takes the most likely option letter, as vLLM's choice
 of letters does. Prints one JSON line: accuracy per ``{kind}/{question_index}`` and the build's seconds
 (config/README.md, "Pre-training the tiny base").
 
-    python -m logivote.bench.pretrain_kinds results/data --layers 2 --steps 600 --kinds weather [--out FILE]
+    python -m logivote.bench.pretrain_kinds results/data [--layers 3] [--steps 1200] [--kinds weather,likes] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
+import yaml
+
 from logivote.base.pretrain import PretrainSettings, generated_questions
-from logivote.base.tiny_model import TinyShape, build_from_questions
+from logivote.base.quantize import QuantizeSettings
+from logivote.base.tiny_model import build_from_questions
 from logivote.data.contracts import LETTERS
 from logivote.data.prompt import prompt_ids
 from logivote.data.sample_data import KIND_NAMES, kind_of
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", type=Path, help="a results/data folder with train.jsonl and test.jsonl")
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--kinds", default="weather", help="comma-separated kinds of logivote.data.sample_data")
+    parser.add_argument("--config", type=Path, default=REPO / "config" / "config.yaml")
+    parser.add_argument("--layers", type=int)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--kinds", help="comma-separated kinds of logivote.data.sample_data")
     parser.add_argument("--out", type=Path, help="append the JSON line here")
     args = parser.parse_args()
 
@@ -39,12 +46,16 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(2)
-    kinds = args.kinds.split(",")
-    shape = TinyShape(vocab_size=2048, hidden_size=128, intermediate_size=256, num_hidden_layers=args.layers,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048, seed=0,
-                      initializer_range=0.1)
-    settings = PretrainSettings(steps=args.steps, batch_size=8, learning_rate=1e-3, kinds=kinds, puzzles=2000, seed=7,
-                                lr_schedule="linear")
+    tiny = dict(yaml.safe_load(args.config.read_text())["base_model"]["tiny"])
+    pretrain = dict(tiny.pop("pretrain", {}))
+    if args.steps is not None:
+        pretrain["steps"] = args.steps
+    if args.kinds:
+        pretrain["kinds"] = args.kinds.split(",")
+    settings = PretrainSettings(**pretrain)
+    _, shape = QuantizeSettings.split(tiny)  # float: the quantization keys are left out
+    if args.layers is not None:
+        shape = dataclasses.replace(shape, num_hidden_layers=args.layers)
     with tempfile.TemporaryDirectory(prefix="logivote-pretrain-kinds-") as scratch:
         model_dir = Path(scratch) / "base"
         started = time.monotonic()
@@ -62,7 +73,7 @@ def main() -> None:
             tally = right[f"{kind_of(question['problem'])}/{question['question_index']}"]
             tally[0] += pick == question["answer"]
             tally[1] += 1
-    line = json.dumps({"layers": args.layers, "steps": args.steps, "kinds": kinds, "build_s": round(build_s),
+    line = json.dumps({"layers": shape.num_hidden_layers, "steps": settings.steps, "kinds": settings.kinds, "build_s": round(build_s),
                        **{name: round(ok / n, 2) for name, (ok, n) in sorted(right.items())}})
     print(line)
     if args.out:
