@@ -26,7 +26,7 @@ from logivote.base.models import prepare_base_model  # noqa: E402
 from logivote.base.quantize import gptq_load_kwargs  # noqa: E402
 from logivote.data.contracts import letters_for  # noqa: E402
 from logivote.data.flatten import Source, flatten, read_questions  # noqa: E402
-from logivote.data.prompt import prompt_ids  # noqa: E402
+from logivote.data.prompt import letter_choice  # noqa: E402
 from logivote.training.train import TrainSettings, train_adapters  # noqa: E402
 
 ANIMALS = ["cat", "dog", "fox", "owl"]
@@ -68,15 +68,7 @@ def accuracy(base: Path, adapter: Path | None, questions: list[dict]) -> float:
     if adapter is not None:
         model = PeftModel.from_pretrained(model, adapter)
     model.eval()
-    correct = 0
-    with torch.no_grad():
-        for q in questions:
-            letters = letters_for(len(q["options"]))
-            letter_ids = [tokenizer(letter, add_special_tokens=False)["input_ids"][0] for letter in letters]
-            ids = torch.tensor([prompt_ids(tokenizer, q)])
-            logits = model(input_ids=ids).logits[0, -1, letter_ids]
-            correct += letters[int(logits.argmax())] == q["answer"]
-    return correct / len(questions)
+    return sum(letter_choice(model, tokenizer, q) == q["answer"] for q in questions) / len(questions)
 
 
 @pytest.mark.parametrize("quantize", ["none", "gptq-int4"])

@@ -17,7 +17,7 @@ from typing import Any
 
 from .pretrain import PretrainSettings
 from .quantize import QuantizeSettings, build_quantized
-from .tiny_model import build_from_questions
+from .tiny_model import TinyShape, build_from_questions
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,14 @@ def download(hub: str, repo: str, revision: str | None, out_dir: str | os.PathLi
     log.info("base model ready in %s", target)
 
 
+def tiny_settings(tiny: dict[str, Any]) -> tuple[PretrainSettings, QuantizeSettings, TinyShape]:
+    """Config ``base_model.tiny`` split into its pre-training, its quantization and the model's shape."""
+    tiny = dict(tiny)
+    pretraining = PretrainSettings(**tiny.pop("pretrain", {}))
+    quant, shape = QuantizeSettings.split(tiny)
+    return pretraining, quant, shape
+
+
 def prepare_base_model(spec: dict[str, Any], question_files: Sequence[str], out_dir: str, threads: int | None = None) -> None:
     """The ``base_model`` rule: build the tiny model (on ``threads`` CPU threads) or download the configured one."""
     source = spec["source"]
@@ -67,9 +75,7 @@ def prepare_base_model(spec: dict[str, Any], question_files: Sequence[str], out_
             import torch
 
             torch.set_num_threads(threads)
-        tiny = dict(spec.get("tiny", {}))
-        pretraining = PretrainSettings(**tiny.pop("pretrain", {}))
-        quant, shape = QuantizeSettings.split(tiny)
+        pretraining, quant, shape = tiny_settings(spec.get("tiny", {}))
         if quant.quantize == "gptq-int4":
             build_quantized(question_files, out_dir, shape, quant, pretraining)
         else:

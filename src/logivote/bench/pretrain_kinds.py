@@ -22,11 +22,10 @@ from pathlib import Path
 
 import yaml
 
+from logivote.base.models import tiny_settings
 from logivote.base.pretrain import PretrainSettings, generated_questions
-from logivote.base.quantize import QuantizeSettings
 from logivote.base.tiny_model import build_from_questions
-from logivote.data.contracts import LETTERS
-from logivote.data.prompt import prompt_ids
+from logivote.data.prompt import letter_choice
 from logivote.data.sample_data import KIND_NAMES, kind_of
 
 REPO = Path(__file__).resolve().parents[3]
@@ -46,14 +45,11 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(2)
-    tiny = dict(yaml.safe_load(args.config.read_text())["base_model"]["tiny"])
-    pretrain = dict(tiny.pop("pretrain", {}))
+    settings, _, shape = tiny_settings(yaml.safe_load(args.config.read_text())["base_model"]["tiny"])  # float: no quantization
     if args.steps is not None:
-        pretrain["steps"] = args.steps
+        settings = dataclasses.replace(settings, steps=args.steps)
     if args.kinds:
-        pretrain["kinds"] = args.kinds.split(",")
-    settings = PretrainSettings(**pretrain)
-    _, shape = QuantizeSettings.split(tiny)  # float: the quantization keys are left out
+        settings = dataclasses.replace(settings, kinds=args.kinds.split(","))
     if args.layers is not None:
         shape = dataclasses.replace(shape, num_hidden_layers=args.layers)
     with tempfile.TemporaryDirectory(prefix="logivote-pretrain-kinds-") as scratch:
@@ -63,16 +59,12 @@ def main() -> None:
         build_s = time.monotonic() - started
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    letter_ids = [tokenizer.convert_tokens_to_ids(letter) for letter in LETTERS]
     held_out = generated_questions(PretrainSettings(kinds=sorted(KIND_NAMES), puzzles=300, seed=99))
     right: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    with torch.no_grad():
-        for question in held_out:
-            logits = model(torch.tensor([prompt_ids(tokenizer, question)])).logits[0, -1]
-            pick = LETTERS[int(torch.argmax(logits[letter_ids[: len(question["options"])]]))]
-            tally = right[f"{kind_of(question['problem'])}/{question['question_index']}"]
-            tally[0] += pick == question["answer"]
-            tally[1] += 1
+    for question in held_out:
+        tally = right[f"{kind_of(question['problem'])}/{question['question_index']}"]
+        tally[0] += letter_choice(model, tokenizer, question) == question["answer"]
+        tally[1] += 1
     line = json.dumps({"layers": shape.num_hidden_layers, "steps": settings.steps, "kinds": settings.kinds, "build_s": round(build_s),
                        **{name: round(ok / n, 2) for name, (ok, n) in sorted(right.items())}})
     print(line)

@@ -66,6 +66,18 @@ def prompt_ids(tokenizer: Any, question: Question) -> list[int]:
     return list(tokenizer(prompt_text(tokenizer, question), add_special_tokens=False)["input_ids"])
 
 
+def letter_choice(model: Any, tokenizer: Any, question: Question) -> str:
+    """The model's most likely option letter after the rendered prompt, among the question's own letters: greedy
+    decoding under the server's structured-output choice (a float or GPTQ model of transformers, or a PEFT one)."""
+    import torch
+
+    letters = letters_for(len(question["options"]))
+    letter_ids = [tokenizer(letter, add_special_tokens=False)["input_ids"][0] for letter in letters]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt_ids(tokenizer, question)])).logits[0, -1, letter_ids]
+    return letters[int(logits.argmax())]
+
+
 def prompt_lengths(tokenizer: Any, questions: Sequence[Question]) -> dict[str, int]:
     """Tokens of each question's rendered prompt (what the server counts against its context), by qid."""
     return {q["qid"]: len(prompt_ids(tokenizer, q)) for q in questions}
