@@ -84,13 +84,19 @@ def test_answers_of_the_two_paths_never_share_a_cache_key() -> None:
     assert ServingPath("dequantized", "bfloat16", "_C_AVX2", "").tag != ServingPath("dequantized", "float32", "_C_AVX2", "").tag
 
 
+def in_forced_avx2_server_env(probe: str, **extra: str) -> str:
+    """Standard output of ``python -c probe`` in the environment of a server started with ``serve.cpu_build: avx2``."""
+    env = {**os.environ, **server_env("avx2"), **extra}
+    return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
+
+
 def test_a_server_started_with_the_avx2_build_forced_sees_a_cpu_without_avx512_or_amx() -> None:
     assert server_env("auto") == {}
-    env = {**os.environ, **server_env("avx2")}
+    env = server_env("avx2")
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(AVX2_SITE) and env["ATEN_CPU_CAPABILITY"] == "avx2"
-    probe = ("import torch.cpu as c; print([c._is_avx512_supported(), c._is_avx512_bf16_supported(), "
-             "c._is_amx_tile_supported(), c._is_amx_fp16_supported(), c._is_vnni_supported(), c._is_avx2_supported()])")
-    seen = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
+    seen = in_forced_avx2_server_env(
+        "import torch.cpu as c; print([c._is_avx512_supported(), c._is_avx512_bf16_supported(), "
+        "c._is_amx_tile_supported(), c._is_amx_fp16_supported(), c._is_vnni_supported(), c._is_avx2_supported()])")
     assert json.loads(seen.lower()) == [False, False, False, False, False, bool(torch.cpu._is_avx2_supported())]
 
 
@@ -120,8 +126,6 @@ def test_dequantize_linear_inverts_the_int4_packing_exactly() -> None:
 def test_a_server_started_with_the_avx2_build_forced_runs_no_avx512_code_of_mkl() -> None:
     """torch's float32 matmuls go to MKL, which would keep its AVX-512 (and AMX) code on an AVX-512 CPU unless told.
     MKL's banner names the code it dispatched: AVX2 on Intel, possibly another on AMD; never AVX-512 here."""
-    env = {**os.environ, **server_env("avx2"), "MKL_VERBOSE": "1"}
-    probe = "import torch; torch.ones(64, 64) @ torch.ones(64, 64)"
-    banner = next(line for line in subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
-                                                  check=True).stdout.splitlines() if line.startswith("MKL_VERBOSE oneMKL"))
+    seen = in_forced_avx2_server_env("import torch; torch.ones(64, 64) @ torch.ones(64, 64)", MKL_VERBOSE="1")
+    banner = next(line for line in seen.splitlines() if line.startswith("MKL_VERBOSE oneMKL"))
     assert "AVX-512" not in banner and "AMX" not in banner, banner

@@ -57,10 +57,11 @@ def run(seed: int, path: str, cores: int, keep: Path | None = None) -> dict[str,
         for name in ("workflow", "config", "resources", "envs"):
             shutil.copytree(REPO / name, work / name)
         overlay = {"train": {"seed": seed}}
-        kernels = AVX2_KERNELS if path == "avx2" else {}
-        env = {**os.environ, **kernels}
+        kernels: dict[str, str] = {}
         if path == "avx2":
             overlay["serve"] = {"cpu_build": "avx2"}
+            kernels = AVX2_KERNELS
+        env = {**os.environ, **kernels}
         (work / "overlay.yaml").write_text(json.dumps(overlay))
         started = time.monotonic()
         result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", "overlay.yaml"],
