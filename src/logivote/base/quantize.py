@@ -208,13 +208,18 @@ def dequantize_linear(qweight: Any, qzeros: Any, scales: Any, g_idx: Any, v1_zer
     return weight.t().contiguous()
 
 
-def dequantize_checkpoint(src_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], dtype: str) -> None:
+def dequantize_checkpoint(src_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], dtype: str, fp8: bool = False) -> None:
     """A GPTQ-Int4 checkpoint rewritten as the same model with plain ``dtype`` weights, for a server that has no int4 kernel.
 
     Every quantized linear becomes a ``weight`` (its ``bias`` stays); every other tensor is cast to
     ``dtype``; config.json loses ``quantization_config``; tokenizer, chat template and the rest are
     copied. The module names do not change, so LoRA adapters trained over the int4 linears apply to the
     dequantized ones as they are. Sharded checkpoints keep their shards and index.
+
+    ``fp8``: each linear's weight is written in FP8 e4m3 over one float32 ``weight_scale`` (``amax(|W|) / 448``) and
+    config.json says ``quantization_config: {quant_method: fp8, activation_scheme: dynamic}``, the FP8 checkpoint
+    vLLM serves on GPUs with FP8 tensor cores (activations quantized as they come); half the bytes of a bf16 copy
+    (33 GB for the 32B base), dequantized on a GPU where there is one.
     """
     import torch
     from safetensors import safe_open
@@ -227,17 +232,23 @@ def dequantize_checkpoint(src_dir: str | os.PathLike[str], out_dir: str | os.Pat
         raise ValueError(f"{src}: not a GPTQ-Int4 checkpoint (config.json quantization_config: {quant or 'none'})")
     v1_zeros = str(quant.get("checkpoint_format", quant.get("format", "gptq"))).lower() == "gptq"
     target = getattr(torch, dtype)
+    device = "cuda" if fp8 and torch.cuda.is_available() else "cpu"
     out.mkdir(parents=True, exist_ok=True)
     renamed: dict[str, str] = {}
+    added: dict[str, str] = {}  # new tensor -> shard (fp8's weight scales)
     for shard in sorted(src.glob("*.safetensors")):
         tensors: dict[str, Any] = {}
         with safe_open(str(shard), framework="pt") as handle:
             names = list(handle.keys())
             linears = sorted({name.rsplit(".", 1)[0] for name in names if name.endswith(".qweight")})
             for prefix in linears:
-                parts = {part: handle.get_tensor(f"{prefix}.{part}") for part in _GPTQ_TENSORS}
-                tensors[f"{prefix}.weight"] = dequantize_linear(parts["qweight"], parts["qzeros"], parts["scales"],
-                                                                parts["g_idx"], v1_zeros).to(target)
+                parts = {part: handle.get_tensor(f"{prefix}.{part}").to(device) for part in _GPTQ_TENSORS}
+                weight = dequantize_linear(parts["qweight"], parts["qzeros"], parts["scales"], parts["g_idx"], v1_zeros)
+                if fp8:
+                    tensors[f"{prefix}.weight"], tensors[f"{prefix}.weight_scale"] = fp8_per_tensor(weight)
+                    added[f"{prefix}.weight_scale"] = shard.name
+                else:
+                    tensors[f"{prefix}.weight"] = weight.to(target).cpu()
                 for part in _GPTQ_TENSORS:
                     renamed[f"{prefix}.{part}"] = f"{prefix}.weight"
             for name in names:
@@ -250,9 +261,19 @@ def dequantize_checkpoint(src_dir: str | os.PathLike[str], out_dir: str | os.Pat
             continue
         if extra.name.endswith(".safetensors.index.json"):
             index = json.loads(extra.read_text())
-            index["weight_map"] = {renamed.get(name, name): file for name, file in index["weight_map"].items()}
+            index["weight_map"] = {renamed.get(name, name): file for name, file in index["weight_map"].items()} | added
             (out / extra.name).write_text(json.dumps(index, indent=2) + "\n")
         elif extra.is_file():
             shutil.copy2(extra, out / extra.name)
     config["torch_dtype"] = config["dtype"] = dtype
+    if fp8:
+        config["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic"}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def fp8_per_tensor(weight: Any) -> tuple[Any, Any]:
+    """``weight`` as e4m3 (on the CPU) and its one float32 scale (a scalar): ``weight ≈ e4m3 · scale``, ``scale = amax / 448``."""
+    import torch
+
+    scale = weight.float().abs().amax().clamp_min(1e-30) / 448.0
+    return (weight.float() / scale).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).cpu(), scale.reshape(()).cpu()

@@ -15,6 +15,7 @@ rate, peak GPU memory (nvidia-smi, sampled every second).
 
     python -m logivote.bench.full_depth --data DIR --work /tmp/fd --out result.jsonl [--questions N] [--max-loras 21] [--prepare-only]
         [--shards S]  (the phase split by adapter as serve.shards does, the S shards one after the other on one card)
+        [--weights fp8]  (serve.weights: the base written once as an FP8 checkpoint and served with vLLM's FP8 GEMMs)
     (``DIR`` holds round1_train_data.jsonl and round1_test_data.jsonl; vLLM importable.)
 
 The training-speed issue's full-depth benchmark is meant to reuse :func:`build_random_gptq` for its base.
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tag", default="")
     ap.add_argument("--gpus", type=int, default=1, help="GPUs the server gets (pass --tensor-parallel-size through --serve-arg)")
     ap.add_argument("--device", default="cuda", help="where the random weights are drawn")
+    ap.add_argument("--weights", default="auto", choices=("auto", "int4", "fp8"),
+                    help="serve.weights: the int4 checkpoint as it is, or fp8 (written once as an FP8 checkpoint, its time in the server start)")
     ap.add_argument("--prepare-only", action="store_true", help="build the checkpoint and adapters, serve nothing (needs no vLLM)")
     ap.add_argument("--shards", type=int, default=1,
                     help="split the phase by adapter as serve.shards does, and run the shards one after the other on this card")
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
              "env": {"VLLM_USE_FLASHINFER_SAMPLER": "0", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
                      # NVLink multicast stays off (it can take a shared host's GPUs out of service)
                      "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"},
-             "health_timeout_s": 900, "gpus": args.gpus, "threads": 8}
+             "health_timeout_s": 900, "gpus": args.gpus, "threads": 8, "weights": args.weights}
     client = {"threads": 64, "timeout_s": 600, "retries": 3, "backoff_s": 1.0}
     outs = {k: str(run / f"pred_{k}.jsonl") for k in adapters}
     started = time.monotonic()
@@ -271,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.monotonic() - started
     result: dict[str, Any] = {"bench": "full_depth_predict", "tag": tag, "layers": shape.num_hidden_layers, "adapters": len(adapters),
                               "questions": len(questions), "asks": len(questions) * len(adapters), "max_loras": args.max_loras, "gpus": args.gpus,
-                              "serve_args": serve["extra_args"], "build_s": round(build_s, 1), "adapters_s": round(adapters_s, 1),
+                              "serve_args": serve["extra_args"], "weights": args.weights, "build_s": round(build_s, 1), "adapters_s": round(adapters_s, 1),
                               "phase_wall_s": round(wall, 1), "gpu_peak_mib": memory.peak_mib,
                               "gpu": torch.cuda.get_device_name(0), "error": error}
     if args.shards == 1:

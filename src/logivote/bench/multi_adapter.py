@@ -89,11 +89,11 @@ def body_and_head_params(base: Path) -> tuple[int, int]:
 
 
 def settings_for(on_gpu: bool, steps: int, bucket: int = 1, gradient_checkpointing: bool | str = False,
-                 lora_dropout: float = 0.05, cuda_graphs: bool = False) -> TrainSettings:
+                 lora_dropout: float = 0.05, cuda_graphs: bool = False, frozen_gemm: str = "bf16") -> TrainSettings:
     return TrainSettings(epochs=1, batch_size=1, grad_accum=1, learning_rate=1e-4, max_len=2048, save_steps=10**6,
                          logging_steps=20, dtype="bfloat16" if on_gpu else "float32", gpus=1 if on_gpu else 0, threads=4,
                          lora_dropout=lora_dropout, bucket_tokens=bucket, gradient_checkpointing=gradient_checkpointing,
-                         cuda_graphs=cuda_graphs)
+                         cuda_graphs=cuda_graphs, frozen_gemm=frozen_gemm)
 
 
 def busy_ms(events: Any) -> float:
@@ -141,7 +141,7 @@ class Profiled(Clock):
 
 def run_multi(base: Path, subsets: dict[int, Path], workdir: Path, steps: int, peak: float, profile: bool = False,
               bucket: int = 1, gradient_checkpointing: bool | str = False, lora_dropout: float = 0.05,
-              cuda_graphs: bool = False, warmup: int = 5) -> dict[str, Any]:
+              cuda_graphs: bool = False, warmup: int = 5, frozen_gemm: str = "bf16") -> dict[str, Any]:
     on_gpu = torch.cuda.is_available()
     gc.collect()  # frees the previous case's model where nothing else holds it (gptqmodel does: peak memory is then
     # right only for a process's first case; README)
@@ -150,11 +150,12 @@ def run_multi(base: Path, subsets: dict[int, Path], workdir: Path, steps: int, p
         torch.cuda.reset_peak_memory_stats()
     clock = Profiled(warmup) if profile else Clock(warmup)
     tag = f"k{len(subsets)}-{time.time_ns()}"
-    train_adapters(base, subsets, {k: workdir / tag / str(k) for k in subsets}, workdir / f"ckpt-{tag}", settings_for(on_gpu, steps, bucket, gradient_checkpointing, lora_dropout, cuda_graphs),
+    train_adapters(base, subsets, {k: workdir / tag / str(k) for k in subsets}, workdir / f"ckpt-{tag}", settings_for(on_gpu, steps, bucket, gradient_checkpointing, lora_dropout, cuda_graphs, frozen_gemm),
                    on_step=clock)
     result = {**summarize(clock, base, peak, len(subsets)), "bucket_tokens": bucket, "gradient_checkpointing": gradient_checkpointing,
               "lora_dropout": lora_dropout, "lora_gemm": stacked_lora.LORA_GEMM, "fuse_elementwise": fused.FUSE_ELEMENTWISE,
-              "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), "cuda_graphs": cuda_graphs, "untimed_steps": warmup}
+              "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), "cuda_graphs": cuda_graphs, "untimed_steps": warmup,
+              "frozen_gemm": frozen_gemm}
     if profile:
         print(f"--- profile, K={len(subsets)}, steps 11-13: {clock.wall_ms:.1f} ms per step, GPU busy {clock.gpu_busy_ms:.1f} ms per step\n{clock.table}", flush=True)
         result.update(profiled_step_ms=clock.wall_ms, gpu_busy_ms_per_step=clock.gpu_busy_ms)
@@ -237,6 +238,8 @@ def main() -> None:
                              "(to measure the fusion)")
     parser.add_argument("--cuda-graphs", action="store_true", help="train.cuda_graphs: replay each stream shape's step from a CUDA graph")
     parser.add_argument("--warmup", type=int, default=5, help="untimed first steps (with --cuda-graphs: those that meet a shape first)")
+    parser.add_argument("--frozen-gemm", choices=("bf16", "fp8", "auto"), default="bf16",
+                        help="train.frozen_gemm: the frozen base's GEMMs in bf16 (as every earlier row) or FP8 e4m3")
     parser.add_argument("--work", help="keep the built bases here (reused by a later run) instead of a temporary folder")
     args = parser.parse_args()
     use_expandable_segments()  # as training does, before this process's first CUDA allocation (the peak measurement)
@@ -289,7 +292,8 @@ def main() -> None:
                 try:
                     emit({**common, "path": "train_adapters",
                           **run_multi(base, {i: subsets[i] for i in range(k)}, work, args.steps, peak, args.profile, bucket,
-                                      args.gradient_checkpointing, args.lora_dropout, args.cuda_graphs, args.warmup)})
+                                      args.gradient_checkpointing, args.lora_dropout, args.cuda_graphs, args.warmup,
+                                      args.frozen_gemm)})
                 except torch.OutOfMemoryError:
                     emit({**common, "path": "train_adapters", "K": k, "error": "OOM"})
                 except Exception as err:  # noqa: BLE001

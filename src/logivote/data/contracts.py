@@ -38,7 +38,7 @@ unless said otherwise, written atomically (see :mod:`logivote.data.jsonl`).
 
 ``results/predictions/serving.json`` — :class:`ServingRecord` (one JSON object)
     How the predict phase served the base (:mod:`logivote.serving.serving_path`): ``int4``,
-    ``dequantized`` or ``float`` weights, the server's dtype, the kernels and why.
+    ``dequantized``, ``fp8`` or ``float`` weights, the server's dtype, the kernels and why.
 
 ``results/data/pool.jsonl`` and ``results/data/dev.jsonl`` — :class:`Question`
     The training questions split by whole puzzles (``evaluation.dev_fraction``):

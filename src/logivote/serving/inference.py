@@ -33,7 +33,7 @@ from ..ensemble.voting import needs_revote, tally_round1, tally_round2
 from ..gpus import gpu_slots
 from .client import AnswerCache, Ask, ClientSettings, ask_all
 from .server import ServerError, ServerSpec, VllmServer
-from .serving_path import ServingPath, choose, served_model, server_env
+from .serving_path import ServingPath, choose, served_model, server_env, without_quantization_flag
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class ServeSettings:
     threads: int = 2
     mem_mb: int = 4000  # host memory of the server job: scheduling only (the rules' resources)
     shards: int = 1  # predict jobs (the workflow's; one server each)
-    weights: str = "auto"  # a GPTQ-Int4 base: auto | int4 | dequantize (logivote.serving.serving_path)
+    weights: str = "auto"  # a GPTQ-Int4 base: auto | int4 | dequantize | fp8 (logivote.serving.serving_path)
     dequantized_dtype: str = "float32"
     cpu_build: str = "auto"  # auto | avx2: serve as on an AVX2-only CPU
 
@@ -67,9 +67,10 @@ class ServeSettings:
         """How to start the server for ``model_dir`` (the folder ``path`` serves; without ``path``, as configured)."""
         env = {k: str(v) for k, v in self.env.items()}
         env.update(server_env(self.cpu_build))
+        extra = list(self.extra_args) if path is None or path.weights in ("int4", "float") else without_quantization_flag(list(self.extra_args))
         return ServerSpec(model=model_dir, adapters=adapters, dtype=path.dtype if path else self.dtype, max_model_len=self.max_model_len,
                           max_loras=self.max_loras, max_lora_rank=self.max_lora_rank, prefix_caching=self.prefix_caching,
-                          block_size=self.block_size, extra_args=self.extra_args, env=env,
+                          block_size=self.block_size, extra_args=extra, env=env,
                           health_timeout_s=self.health_timeout_s)
 
 

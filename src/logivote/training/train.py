@@ -43,7 +43,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +88,13 @@ class TrainSettings:
     max_grad_norm: float = 1.0  # per adapter, as transformers' Trainer clips by default
     bucket_tokens: int = 1  # the packed stream's length is rounded up to a multiple of this (static shapes on GPUs)
     cuda_graphs: bool = False  # replay each stream shape's forward + backward from a CUDA graph (logivote.training.cuda_graphs)
+    frozen_gemm: str = "auto"  # auto | bf16 | fp8: the frozen int4 base's GEMMs (logivote.training.fp8_frozen)
 
     def __post_init__(self) -> None:
         if self.gradient_checkpointing not in (True, False, *SELECTIVE):
             raise ValueError(f"train.gradient_checkpointing: true, false, selective or selective_gate, not {self.gradient_checkpointing!r}")
+        if self.frozen_gemm not in ("auto", "bf16", "fp8"):
+            raise ValueError(f"train.frozen_gemm: auto, bf16 or fp8, not {self.frozen_gemm!r}")
         if self.lora_init not in ("shared", "per_adapter"):
             raise ValueError(f"train.lora_init: shared or per_adapter, not {self.lora_init!r}")
 
@@ -380,6 +383,8 @@ def train_adapters(
     shape = LoraShape(settings.lora_r, settings.lora_alpha, settings.lora_dropout, tuple(settings.target_modules))
     lora = StackedLora(model, len(adapters), shape, seeds=init_seeds(settings, adapters), dtype=dtype,
                        keep_dequantized=bool(settings.gradient_checkpointing))
+    frozen_gemm = _choose_frozen_gemm(settings.frozen_gemm, lora, model.get_input_embeddings().weight.device)
+    settings = replace(settings, frozen_gemm=frozen_gemm["path"])  # the path taken: a checkpoint resumes only on the same
     model.train()
     _log_setup(model, lora, adapters, on_gpu)
 
@@ -455,12 +460,31 @@ def train_adapters(
             write_loss_curve(tmp / LOSS_CURVE, loss_curve(k, losses[i], settings.logging_steps, settings.grad_accum,
                                                           settings.learning_rate, schedules[i]))
             (tmp / "logivote_train.json").write_text(json.dumps(
-                {"adapter": k, "settings": asdict(settings), "examples": len(examples[i]), "steps": len(streams[i]),
+                {"adapter": k, "settings": asdict(settings), "frozen_gemm": frozen_gemm, "examples": len(examples[i]), "steps": len(streams[i]),
                  "job_adapters": adapters, "final_loss": sum(losses[i][-10:]) / max(len(losses[i][-10:]), 1)},
                 indent=1, default=str) + "\n")
         log.info("adapter %d written to %s", k, out_dirs[k])
     shutil.rmtree(ckpt, ignore_errors=True)
     return lora
+
+
+def _choose_frozen_gemm(choice: str, lora: Any, device: Any) -> dict[str, Any]:
+    """``train.frozen_gemm`` resolved on ``device`` and applied to ``lora``'s frozen linears, said in one log line;
+    the training record's ``frozen_gemm`` (path, why, how many linears)."""
+    from .fp8_frozen import resolve
+
+    path, why = resolve(choice, device)
+    record: dict[str, Any] = {"path": path, "reason": why}
+    if path == "fp8":
+        fp8, wrapped = lora.use_fp8()
+        record["fp8_linears"] = fp8
+        if fp8 == 0:
+            record.update(path="bf16", reason=f"{why}, but no frozen linear is GPTQ-Int4 with dimensions divisible by 16")
+        elif fp8 < wrapped:
+            record["reason"] += f"; {wrapped - fp8} of {wrapped} linears stay in the training dtype (not GPTQ-Int4, or odd sizes)"
+    log.info("frozen GEMMs: %s (%s)", {"fp8": "FP8 e4m3, per-tensor scales, float32 accumulation"}.get(record["path"],
+             "the training dtype"), record["reason"])
+    return record
 
 
 def _optimizer_step(optimizer: Any, stepping: Sequence[int], schedules: Sequence[Sequence[float]], done: int,
@@ -525,8 +549,6 @@ def train_lora_job(
     gpus: int,
 ) -> None:
     """The ``train_lora`` rule: hold ``gpus`` GPUs of our own, then train this job's adapters into ``job_dir/{k}``."""
-    from dataclasses import replace
-
     from ..gpus import gpu_slots
 
     settings = replace(TrainSettings.from_config(section), threads=threads, gpus=gpus)
