@@ -95,6 +95,26 @@ def test_cache_survives_a_line_cut_off_by_a_crash(server: str, tmp_path: Path) -
     assert len(reread.entries) == 3
 
 
+def test_cache_appends_after_a_cut_line_without_losing_the_new_answer(server: str, tmp_path: Path) -> None:
+    """Issue 44: cut the last line as a crash would, reopen, add, reopen: every whole answer is there, the new one
+    too (before the fix the new line joined the cut one and both were lost: 3 entries, not 4)."""
+    path = tmp_path / "c.jsonl"
+    cache = AnswerCache(path)
+    ask_all(server, [Ask("lora-A", "a", q(i)) for i in range(3)], cache, FAST)
+    cache.close()
+    whole = path.read_bytes()
+    path.write_bytes(whole + whole.splitlines(keepends=True)[0][:17])  # a fourth line cut after 17 bytes
+    reopened = AnswerCache(path)
+    assert len(reopened.entries) == 3
+    fourth = Ask("lora-A", "a", q(3))
+    ask_all(server, [fourth], reopened, FAST)
+    reopened.close()
+    again = AnswerCache(path)
+    again.close()
+    assert len(again.entries) == 4 and fourth.key in again.entries
+    assert path.read_bytes().endswith(b"\n")
+
+
 def test_cache_key_changes_with_adapter_weights_and_request() -> None:
     base = Ask("lora-A", "weights-1", q(0))
     assert base.key == Ask("lora-A", "weights-1", q(0)).key

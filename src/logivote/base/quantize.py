@@ -40,6 +40,10 @@ METHODS = ("none", "gptq-int4")
 # gptqmodel 7.6 asks for 2 CPU workers at load and fails at once on a 2-core machine unless told
 # how many it may use ("Virtual pool 'model_loader:cpu' requests 2 workers but parent 'cpu' only has 1").
 CPU_WORKERS_ENV = "GPTQMODEL_CPU_WORKERS"
+# gptqmodel packs the int4 codes with a C++ extension it builds with ninja the first time it is used on a machine
+# (pack_block_cpu: about 30 s of a 2-core machine's first run, cached under the user's HOME afterwards); its
+# torch path packs the same bits and, for the small bases the workflow quantizes itself, in well under a second
+PACK_EXT_ENV = "GPTQMODEL_DISABLE_PACK_EXT"
 
 
 @dataclass(frozen=True)
@@ -104,8 +108,10 @@ def calibration_texts(tokenizer: Any, questions: Sequence[dict[str, Any]], n: in
 
 def quantize_gptq(float_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], texts: Sequence[str], group_size: int,
                   device: str = "cpu") -> None:
-    """Quantize ``float_dir`` to GPTQ-Int4 (symmetric, no act-order) into ``out_dir`` with gptqmodel."""
+    """Quantize ``float_dir`` to GPTQ-Int4 (symmetric, no act-order) into ``out_dir`` with gptqmodel (its codes packed by
+    torch, not by its JIT-built extension: :data:`PACK_EXT_ENV`)."""
     os.environ.setdefault(CPU_WORKERS_ENV, str(max(2, os.cpu_count() or 2)))
+    os.environ.setdefault(PACK_EXT_ENV, "1")
     from gptqmodel import GPTQModel, QuantizeConfig
 
     config = QuantizeConfig(bits=4, group_size=group_size, sym=True, desc_act=False, offload_to_disk=False)

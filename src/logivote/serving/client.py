@@ -115,6 +115,12 @@ def shard_cache(path: str | os.PathLike[str], shard: int, shards: int) -> str:
     return str(target) if shards == 1 else str(target.with_name(f"{cache_stem(target)}-{shard}{target.suffix}"))
 
 
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
+
+
 class AnswerCache:
     """Append-only JSONL cache of answers keyed by :attr:`Ask.key` (safe across threads and crashes).
 
@@ -137,6 +143,11 @@ class AnswerCache:
                     log.warning("%s:%d: unreadable cache line (cut off by a crash, or being written): ignored", file, number)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = open(self.path, "a", encoding="utf-8")
+        if self._handle.tell() and not _ends_with_newline(self.path):
+            # a crash cut the last line short: end it, so that the next answer starts a line of its own rather than
+            # joining the cut one (both would be unreadable at the next start)
+            self._handle.write("\n")
+            self._handle.flush()
 
     def add(self, key: str, answer: Answer) -> None:
         line = dumps({"key": key, **answer.__dict__})
