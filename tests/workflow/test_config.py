@@ -120,6 +120,19 @@ def test_every_config_section_builds_its_settings(config_file: str) -> None:
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     for section, values in yaml.safe_load((REPO / config_file).read_text()).items():
         config[section] = {**config[section], **values} if isinstance(values, dict) else values
-    ServeSettings(**config["serve"])
-    ClientSettings(**config["client"])
-    TrainSettings.from_config(config["train"])
+    from dataclasses import asdict
+
+    from logivote.base.models import tiny_settings
+
+    built = {"serve": asdict(ServeSettings(**config["serve"])), "client": asdict(ClientSettings(**config["client"])),
+             "train": asdict(TrainSettings.from_config(config["train"]))}
+    for section, settings in built.items():  # every configured value reaches its field unchanged
+        given = {k: v for k, v in config[section].items() if k in settings}
+        assert given == {k: settings[k] for k in given}, section
+        assert set(config[section]) - set(given) <= {"mem_mb"}, f"{section}: keys no settings field takes"
+    tiny = config["base_model"].get("tiny")
+    if tiny:  # the tiny base's keys split among pre-training, quantization and shape, each value where it belongs
+        pretraining, quantize, shape = (asdict(part) for part in tiny_settings(tiny))
+        model = {k: v for k, v in tiny.items() if k != "pretrain"}
+        assert {k: (quantize | shape)[k] for k in model} == model
+        assert {k: pretraining[k] for k in tiny.get("pretrain", {})} == tiny.get("pretrain", {})
