@@ -69,6 +69,28 @@ def server_pids(workdir: Path, log: str = "predict/0") -> list[int]:
     return [int(pid) for pid in re.findall(r"started vLLM server pid (\d+)", text)]
 
 
+# What each end-to-end run served on, shown at the end of every pytest run (CI's output says which branch ran)
+RUN_NOTES: list[str] = []
+
+
+def note_serving(workdir: Path, label: str) -> None:
+    """Record the machine's ISA and the serving path a whole run took (``results/predictions/serving.json``)."""
+    from logivote.bench.cold_run import cpu
+
+    machine = cpu()
+    record = workdir / "results" / "predictions" / "serving.json"
+    served = json.loads(record.read_text()) if record.exists() else None
+    how = f"{served['weights']} weights in {served['dtype']} on {served['kernels']} ({served['reason']})" if served else "no serving record"
+    RUN_NOTES.append(f"{label}: {machine['cpu']}, {machine['isa']}{' + AMX' if machine['amx'] else ''}; served {how}")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if RUN_NOTES:
+        terminalreporter.section("end-to-end runs: CPU and serving path")
+        for line in RUN_NOTES:
+            terminalreporter.write_line(line)
+
+
 @dataclass(frozen=True)
 class LocalRun:
     """The embedded default run locally (``snakemake --cores 2``) in a copy of the workflow."""
@@ -85,5 +107,6 @@ def default_run(tmp_path_factory: pytest.TempPathFactory) -> LocalRun:
     started = time.monotonic()
     result = run_snakemake(dest)
     print(f"local run of the embedded default: {time.monotonic() - started:.0f} s")  # beside the SLURM run's figure
+    note_serving(dest, f"default run ({time.monotonic() - started:.0f} s)")
     submission = dest / "results" / "submission.jsonl"
     return LocalRun(dest, result, submission.read_bytes() if submission.exists() else None)

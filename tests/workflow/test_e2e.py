@@ -18,7 +18,7 @@ import requests
 from logivote.ensemble.evaluation import learning_relations
 from logivote.serving.serving_path import build_has_int4, cpu_build
 
-from ..conftest import LocalRun, copy_workflow, processes_in_group, run_snakemake, server_pids
+from ..conftest import LocalRun, copy_workflow, note_serving, processes_in_group, run_snakemake, server_pids
 
 pytestmark = pytest.mark.slow  # python -m pytest -m "not slow" leaves it out (README: Tests)
 
@@ -151,6 +151,7 @@ def test_the_avx2_path_serves_the_same_adapters_over_the_dequantized_base_and_th
     assert result.returncode == 0
     first = json.loads((workdir / "results/predictions/serving.json").read_text())
     run = run_snakemake(workdir, "--configfile", ".test/avx2.yaml")
+    note_serving(workdir, "forced AVX2 run (.test/avx2.yaml)")
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
     serving = json.loads((workdir / "results/predictions/serving.json").read_text())
     assert serving["weights"] == "dequantized" and serving["kernels"] == "_C_AVX2", serving

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import REPO, LocalRun, copy_workflow, processes_in_group, server_pids
+from ..conftest import REPO, LocalRun, copy_workflow, note_serving, processes_in_group, server_pids
 
 pytestmark = pytest.mark.slow  # python -m pytest -m "not slow" leaves it out (README: Tests)
 
@@ -126,6 +126,7 @@ def slurm_run(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Slu
     result = snakemake(cluster, workdir, *COMMAND)
     wall_s = time.monotonic() - started
     print(f"SLURM run of the embedded default: {wall_s:.0f} s")
+    note_serving(workdir, "SLURM run (two predict shards)")
     return SlurmRun(workdir, result, dict(SUBMIT_LINE.findall(result.stdout + result.stderr)))
 
 
