@@ -12,6 +12,8 @@ rule predict:
         serve=config["serve"],
         client=config["client"],
         cache=lambda wildcards: shard_cache(ANSWER_CACHE, int(wildcards.shard), SHARDS),
+        # one server holds every adapter: it asks round 2 ahead, and revote starts none (logivote.serving.inference.predict)
+        round2=config["vote"] if SHARDS == 1 else None,
     threads: config["serve"]["threads"]
     resources:
         gpu=config["serve"]["gpus"],

@@ -16,4 +16,5 @@ with log_to(snakemake.log.main):
         snakemake.params.client,
         snakemake.log.server,
         evaluation,
+        round2=snakemake.params.round2,
     )

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     texts = [q["problem"] + q["question"] for q in padded_questions(64, 400, 1.0)]
-    base = work / f"base-{args.layers}"
+    base = work / ("base-qwen32b-random-gptq" if args.layers == 64 else f"base-qwen32b-{args.layers}l")  # the first: bench.multi_adapter's
     if not (base / "config.json").exists():
         build_random_gptq(base, texts, replace(QWEN32B, num_hidden_layers=args.layers), device="cuda")
     torch.cuda.empty_cache()

@@ -238,8 +238,8 @@ def main() -> None:
                              "(to measure the fusion)")
     parser.add_argument("--cuda-graphs", action="store_true", help="train.cuda_graphs: replay each stream shape's step from a CUDA graph")
     parser.add_argument("--warmup", type=int, default=5, help="untimed first steps (with --cuda-graphs: those that meet a shape first)")
-    parser.add_argument("--frozen-gemm", choices=("bf16", "fp8", "auto"), default="bf16",
-                        help="train.frozen_gemm: the frozen base's GEMMs in bf16 (as every earlier row) or FP8 e4m3")
+    parser.add_argument("--frozen-gemm", nargs="+", choices=("bf16", "fp8", "auto"), default=["bf16"],
+                        help="train.frozen_gemm: the frozen base's GEMMs in bf16 (as every earlier row) or FP8 e4m3; several: one run each")
     parser.add_argument("--work", help="keep the built bases here (reused by a later run) instead of a temporary folder")
     args = parser.parse_args()
     use_expandable_segments()  # as training does, before this process's first CUDA allocation (the peak measurement)
@@ -288,17 +288,16 @@ def main() -> None:
                     emit({**common, **trainer_baseline(base, subsets[0], work, args.steps, peak)})
                 except Exception as err:  # noqa: BLE001 - a failing case must not lose the others
                     emit({**common, "path": "trainer+peft (before)", "error": f"{type(err).__name__}: {err}"[:1000]})
-            for k, bucket in ((k, b) for k in args.ks for b in args.buckets):
+            for k, bucket, gemm in ((k, b, g) for k in args.ks for b in args.buckets for g in args.frozen_gemm):
                 try:
                     emit({**common, "path": "train_adapters",
                           **run_multi(base, {i: subsets[i] for i in range(k)}, work, args.steps, peak, args.profile, bucket,
-                                      args.gradient_checkpointing, args.lora_dropout, args.cuda_graphs, args.warmup,
-                                      args.frozen_gemm)})
+                                      args.gradient_checkpointing, args.lora_dropout, args.cuda_graphs, args.warmup, gemm)})
                 except torch.OutOfMemoryError:
-                    emit({**common, "path": "train_adapters", "K": k, "error": "OOM"})
+                    emit({**common, "path": "train_adapters", "K": k, "frozen_gemm": gemm, "error": "OOM"})
                 except Exception as err:  # noqa: BLE001
                     traceback.print_exc()
-                    emit({**common, "path": "train_adapters", "K": k, "error": f"{type(err).__name__}: {err}"[:1000]})
+                    emit({**common, "path": "train_adapters", "K": k, "frozen_gemm": gemm, "error": f"{type(err).__name__}: {err}"[:1000]})
 
 
 if __name__ == "__main__":

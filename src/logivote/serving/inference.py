@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,18 +126,27 @@ def check_prompt_lengths(base_dir: str, groups: Mapping[str, Sequence[Question]]
 
 
 def _serve_and_ask(base_dir: str, adapters: Mapping[str, str], asks: Sequence[Ask], cache_path: str,
-                   serve: ServeSettings, path: ServingPath, client: ClientSettings, server_log: str, desc: str) -> dict[str, Any]:
-    """Start the server only if something is missing from the cache; answers by ask key."""
+                   serve: ServeSettings, path: ServingPath, client: ClientSettings, server_log: str, desc: str,
+                   then: Callable[[Mapping[str, Any]], Sequence[Ask]] | None = None) -> dict[str, Any]:
+    """Start the server only if something is missing from the cache; answers by ask key. ``then``: the asks that follow
+    from these answers (round 2 asked ahead), asked of the same server; their answers only go to the cache."""
     asks = prefix_order(asks)
     cache = AnswerCache(cache_path)
     try:
         if all(ask.key in cache.entries for ask in asks):
-            log.info("all %d answers are cached: no server needed", len(asks))
-            return ask_all("", asks, cache, client, desc=desc)
+            answers = ask_all("", asks, cache, client, desc=desc)
+            follow = prefix_order(then(answers)) if then is not None else []
+            if all(ask.key in cache.entries for ask in follow):
+                log.info("all %d answers are cached: no server needed", len(asks) + len(follow))
+                return answers
         try:
             with gpu_slots(serve.gpus), served_model(base_dir, path) as model_dir, \
                     VllmServer(serve.spec(model_dir, adapters, path), server_log) as server:
-                return ask_all(server.url, asks, cache, client, alive=server.check_alive, desc=desc, api_key=server.api_key)
+                answers = ask_all(server.url, asks, cache, client, alive=server.check_alive, desc=desc, api_key=server.api_key)
+                if then is not None:
+                    ask_all(server.url, prefix_order(then(answers)), cache, client, alive=server.check_alive, desc="round 2",
+                            api_key=server.api_key)
+                return answers
         except ServerError as err:
             if path.weights == "int4" and path.kernels == "_C_AVX2":  # only where serve.weights: int4 forced it
                 raise ServerError(f"{err}\nvllm-cpu's AVX2 build has no GPTQ-Int4 kernel: set serve.weights to auto or "
@@ -182,12 +191,16 @@ def serving_path(base_dir: str, settings: ServeSettings) -> ServingPath:
 
 def predict(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, out_paths: Mapping[int, str], cache_path: str,
             serve: dict[str, Any], client: dict[str, Any], server_log: str, evaluation: EvalFiles | None = None,
-            serving_out: str | None = None) -> None:
+            serving_out: str | None = None, round2: dict[str, Any] | None = None) -> None:
     """Rule ``predict``: every adapter answers every test question; one prediction file per adapter.
 
     With ``evaluation``, the same server phase also asks each adapter its out-of-bag questions and
     every dev question (greedy), and writes them with their gold letters to ``results/eval/``.
     ``serving_out`` (``results/predictions/serving.json``) records the serving path the answers came from.
+    ``round2`` (config ``vote``; only where this phase holds every adapter, ``serve.shards: 1``): the server then
+    also asks round 2 ahead, the very asks rule ``revote`` makes (:func:`round2_asks`) for the test and dev questions
+    whose round-1 vote has no strict majority, into the answer cache, so that ``revote`` finds them all there and
+    starts no second server. The outputs are the same files as without.
     """
     from ..data.bagging import read_oob
 
@@ -211,7 +224,23 @@ def predict(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, out_
     everything = [a for group in (asks, oob_asks, dev_asks) for per in group.values() for a in per]
     check_prompt_lengths(base_dir, {"test": questions, "out-of-bag": [a.question for per in oob_asks.values() for a in per],
                                     "dev": [a.question for per in dev_asks.values() for a in per]}, settings.max_model_len)
-    answers = _serve_and_ask(base_dir, adapters, everything, cache_path, settings, path, ClientSettings(**client), server_log, "predict")
+    then = None
+    if round2 is not None:
+        dev_questions = [a.question for a in next(iter(dev_asks.values()), [])]
+
+        def then(answers: Mapping[str, Any]) -> list[Ask]:
+            def needing(groups: Mapping[int, Sequence[Ask]], among: Sequence[Question]) -> list[str]:
+                table = {adapter_name(k): {a.question["qid"]: answers[a.key].answer for a in per} for k, per in groups.items()}
+                return needs_revote(tally_round1(table, among)) if groups else []
+
+            qids, dev_qids = needing(asks, questions), needing(dev_asks, dev_questions)
+            log.info("round 2 asked ahead in this server phase: %d test and %d dev questions without a strict majority",
+                     len(qids), len(dev_qids))
+            by_id = {q["qid"]: q for q in [*questions, *dev_questions]}
+            return round2_asks(adapters, prints, by_id, [*qids, *dev_qids], round2)
+
+    answers = _serve_and_ask(base_dir, adapters, everything, cache_path, settings, path, ClientSettings(**client), server_log,
+                             "predict", then)
     if evaluation is not None:
         for k in adapter_dirs:
             _write_eval(evaluation.oob_out[k], oob_asks[k], answers)
@@ -259,7 +288,8 @@ class ShardLayout:
 
 
 def predict_shard(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, shard_dir: str, cache_path: str,
-                  serve: dict[str, Any], client: dict[str, Any], server_log: str, evaluation: EvalInputs | None = None) -> None:
+                  serve: dict[str, Any], client: dict[str, Any], server_log: str, evaluation: EvalInputs | None = None,
+                  round2: dict[str, Any] | None = None) -> None:
     """Rule ``predict``: one shard of the predict phase (its adapters, one server) into ``shard_dir``, written whole or not at all."""
     from ..data.jsonl import atomic_directory
 
@@ -274,7 +304,7 @@ def predict_shard(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str
                               oob_out={k: str(layout.oob(k)) for k in adapter_dirs},
                               dev_out={k: str(layout.dev(k)) for k in adapter_dirs})
         predict(base_dir, adapter_dirs, test_path, {k: str(layout.prediction(k)) for k in adapter_dirs}, cache_path, serve,
-                client, server_log, files, serving_out=str(layout.serving))
+                client, server_log, files, serving_out=str(layout.serving), round2=round2)
 
 
 def link_prediction(shard_dir: str, k: int, prediction: str, oob: str | None = None, dev: str | None = None) -> None:
@@ -303,6 +333,15 @@ def merge_serving(shard_dirs: Sequence[str], out_path: str) -> ServingRecord:
 def sample_seed(base_seed: int, model: str, qid: str, sample: int) -> int:
     digest = hashlib.sha256(f"{base_seed}:{model}:{qid}:{sample}".encode()).hexdigest()
     return int(digest[:8], 16)
+
+
+def round2_asks(adapters: Mapping[str, str], prints: Mapping[str, str], by_id: Mapping[str, Question], qids: Sequence[str],
+                vote_settings: Mapping[str, Any]) -> list[Ask]:
+    """Round 2's asks (config ``vote``): ``round2_samples`` samples at ``round2_temperature`` of each question by every adapter,
+    each with its own seed (:func:`sample_seed`); asked by ``revote``, or ahead by ``predict`` with the same keys."""
+    n, temperature, seed = vote_settings["round2_samples"], vote_settings["round2_temperature"], vote_settings["seed"]
+    return [Ask(name, prints[name], by_id[qid], sample=s, temperature=temperature, seed=sample_seed(seed, name, qid, s))
+            for name in adapters for qid in qids for s in range(n)]
 
 
 @dataclass(frozen=True)
@@ -334,15 +373,13 @@ def revote(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, round
     dev_questions = read_questions(dev.dev) if dev else []
     dev_qids = needs_revote(dev_round1(dev_questions, dev.greedy)) if dev else []
     by_id = {q["qid"]: q for q in [*questions, *dev_questions]}
-    n, temperature, seed = vote_settings["round2_samples"], vote_settings["round2_temperature"], vote_settings["seed"]
     asks: list[Ask] = []
     if qids or dev_qids:
         settings = ServeSettings(**serve)
         path = serving_path(base_dir, settings)
         check_prompt_lengths(base_dir, {"test": [by_id[q] for q in qids], "dev": [by_id[q] for q in dev_qids]}, settings.max_model_len)
         prints = _adapter_fingerprints(base_dir, adapters, path)
-        asks = [Ask(name, prints[name], by_id[qid], sample=s, temperature=temperature, seed=sample_seed(seed, name, qid, s))
-                for name in adapters for qid in [*qids, *dev_qids] for s in range(n)]
+        asks = round2_asks(adapters, prints, by_id, [*qids, *dev_qids], vote_settings)
         answers = _serve_and_ask(base_dir, adapters, asks, cache_path, settings, path, ClientSettings(**client), server_log, "revote")
     samples: dict[str, dict[str, list[str]]] = {name: {} for name in adapters}
     for ask in asks:
