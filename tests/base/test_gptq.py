@@ -324,7 +324,8 @@ FP8_KERNELS = textwrap.dedent("""
     from logivote.training.train import load_base
 
     E4M3 = torch.float8_e4m3fn
-    bits = lambda t: t.view(torch.uint8)
+    bits = lambda t: torch.where(t.float() == 0, torch.zeros_like(t.view(torch.uint8)), t.view(torch.uint8))  # zeros by value:
+    # a cast of -0 is +0 in some Triton interpreters (3.6's), and the sign of a zero does not reach a GEMM
     rel = lambda got, want: float((got - want).norm() / want.norm())
     _, model = load_base(sys.argv[1], torch.float32, on_gpu=False)
     linears = [m for m in model.modules() if is_gptq(m)][:7]
