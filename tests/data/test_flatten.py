@@ -157,3 +157,30 @@ def test_rule_reports_file_line_and_leaves_no_output(workflow_copy: Path) -> Non
     assert "resources/data/sample_train.jsonl:5: invalid JSON" in (workflow_copy / "logs" / "flatten.log").read_text()
     assert not (workflow_copy / "results" / "data" / "train.jsonl").exists()
     assert not (workflow_copy / "results" / "data" / "test.jsonl").exists()
+
+
+def test_a_full_disk_names_itself_and_leaves_nothing_that_looks_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 44 point 2: ENOSPC inside the atomic writers (a file, a folder) leaves no output under its final name and no
+    temporary file, and the error says the disk is full and where; once space returns the same write completes."""
+    import errno
+
+    from logivote.data import jsonl
+
+    def no_space(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = tmp_path / "results" / "votes.jsonl"
+    with monkeypatch.context() as patch:
+        patch.setattr(jsonl.os, "fsync", no_space)
+        with pytest.raises(jsonl.DiskFull, match=r"votes\.jsonl: the disk is full \(no space left on the device holding .*results"):
+            jsonl.atomic_write_jsonl(target, [{"a": 1}])
+    assert list(target.parent.iterdir()) == []
+    jsonl.atomic_write_jsonl(target, [{"a": 1}])  # space is back
+    assert target.read_text() == '{"a":1}\n'
+
+    folder = tmp_path / "results" / "adapters" / "0"
+    with pytest.raises(jsonl.DiskFull, match=r"adapters/0: the disk is full"):
+        with jsonl.atomic_directory(folder) as tmp:
+            (tmp / "adapter_model.safetensors").write_bytes(b"half")
+            no_space()  # a writer inside the folder runs out of space
+    assert list(folder.parent.iterdir()) == []

@@ -4,12 +4,14 @@ Every reader in the package goes through :func:`iter_jsonl`, so a bad byte, a
 broken line or a line that is not a JSON object is reported the same way
 everywhere. Every writer goes through :func:`atomic_write_jsonl` /
 :func:`atomic_write_text`: the file appears under its final name only when it
-is complete, so an interrupted step never leaves a file that looks done.
+is complete, so an interrupted step never leaves a file that looks done; a write
+that fails for want of space says so (:class:`DiskFull`: the disk is full, and where).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -60,6 +62,22 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
         raise InputError(path, None, "file is empty: no JSON records")
 
 
+class DiskFull(OSError):
+    """A results file or folder could not be written because its disk is full (ENOSPC, or a quota: EDQUOT)."""
+
+
+def _disk_full(err: OSError, target: Path) -> DiskFull | None:
+    """:class:`DiskFull` naming ``target``, its folder and the space left, for a write that failed for want of space."""
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    try:
+        free = f"{shutil.disk_usage(target.parent).free / 2**20:.1f} MiB free there now"
+    except OSError:
+        free = "free space unknown"
+    return DiskFull(err.errno, f"{target}: the disk is full (no space left on the device holding {target.parent}; "
+                               f"{free}). Nothing was left under that name: free some space and run again")
+
+
 def dumps(record: dict[str, Any]) -> str:
     """The one JSONL serialisation used for every results file (stable, UTF-8)."""
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
@@ -76,8 +94,10 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and (full := _disk_full(err, target)) is not None:
+            raise full from err
         raise
 
 
@@ -119,8 +139,10 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and not isinstance(err, DiskFull) and (full := _disk_full(err, target)) is not None:
+            raise full from err
         raise
 
 
