@@ -27,6 +27,16 @@ log = logging.getLogger(__name__)
 DEFAULT_LOCK_DIR = ".snakemake/gpu-locks"
 
 
+def no_fp8(index: int = 0) -> str | None:
+    """Why CUDA device ``index`` has no FP8 tensor cores (compute capability under 8.9: V100, A100); None where it has them."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(index)
+    if (major, minor) < (8, 9):
+        return f"{torch.cuda.get_device_name(index)} (compute capability {major}.{minor}) has no FP8 tensor cores"
+    return None
+
+
 def count_gpus() -> int:
     """GPUs on this host by ``nvidia-smi -L`` (0 without it)."""
     try:

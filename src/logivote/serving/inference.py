@@ -133,6 +133,8 @@ def _serve_and_ask(base_dir: str, adapters: Mapping[str, str], asks: Sequence[As
     asks = prefix_order(asks)
     cache = AnswerCache(cache_path)
     try:
+        answers: dict[str, Any] | None = None
+        follow: list[Ask] | None = None
         if all(ask.key in cache.entries for ask in asks):
             answers = ask_all("", asks, cache, client, desc=desc)
             follow = prefix_order(then(answers)) if then is not None else []
@@ -142,10 +144,11 @@ def _serve_and_ask(base_dir: str, adapters: Mapping[str, str], asks: Sequence[As
         try:
             with gpu_slots(serve.gpus), served_model(base_dir, path) as model_dir, \
                     VllmServer(serve.spec(model_dir, adapters, path), server_log) as server:
-                answers = ask_all(server.url, asks, cache, client, alive=server.check_alive, desc=desc, api_key=server.api_key)
+                if answers is None:
+                    answers = ask_all(server.url, asks, cache, client, alive=server.check_alive, desc=desc, api_key=server.api_key)
                 if then is not None:
-                    ask_all(server.url, prefix_order(then(answers)), cache, client, alive=server.check_alive, desc="round 2",
-                            api_key=server.api_key)
+                    follow = follow if follow is not None else prefix_order(then(answers))
+                    ask_all(server.url, follow, cache, client, alive=server.check_alive, desc="round 2", api_key=server.api_key)
                 return answers
         except ServerError as err:
             if path.weights == "int4" and path.kernels == "_C_AVX2":  # only where serve.weights: int4 forced it
@@ -212,6 +215,7 @@ def predict(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, out_
     asks = {k: [Ask(adapter_name(k), prints[adapter_name(k)], q) for q in questions] for k in adapter_dirs}
     oob_asks: dict[int, list[Ask]] = {}
     dev_asks: dict[int, list[Ask]] = {}
+    dev: list[Question] = []
     if evaluation is not None:
         pool = {q["qid"]: q for q in read_questions(evaluation.pool)}
         dev = read_questions(evaluation.dev)
@@ -226,17 +230,15 @@ def predict(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, out_
                                     "dev": [a.question for per in dev_asks.values() for a in per]}, settings.max_model_len)
     then = None
     if round2 is not None:
-        dev_questions = [a.question for a in next(iter(dev_asks.values()), [])]
-
         def then(answers: Mapping[str, Any]) -> list[Ask]:
             def needing(groups: Mapping[int, Sequence[Ask]], among: Sequence[Question]) -> list[str]:
                 table = {adapter_name(k): {a.question["qid"]: answers[a.key].answer for a in per} for k, per in groups.items()}
                 return needs_revote(tally_round1(table, among)) if groups else []
 
-            qids, dev_qids = needing(asks, questions), needing(dev_asks, dev_questions)
+            qids, dev_qids = needing(asks, questions), needing(dev_asks, dev)
             log.info("round 2 asked ahead in this server phase: %d test and %d dev questions without a strict majority",
                      len(qids), len(dev_qids))
-            by_id = {q["qid"]: q for q in [*questions, *dev_questions]}
+            by_id = {q["qid"]: q for q in [*questions, *dev]}
             return round2_asks(adapters, prints, by_id, [*qids, *dev_qids], round2)
 
     answers = _serve_and_ask(base_dir, adapters, everything, cache_path, settings, path, ClientSettings(**client), server_log,

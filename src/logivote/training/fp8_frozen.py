@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from ..gpus import no_fp8
 from . import gptq_dequant
 
 try:
@@ -116,10 +117,7 @@ def unavailable(device: torch.device) -> str | None:
         return "Triton is not installed"
     if not hasattr(torch, "_scaled_mm"):
         return f"torch {torch.__version__} has no _scaled_mm"
-    major, minor = torch.cuda.get_device_capability(device)
-    if (major, minor) < (8, 9):
-        return f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) has no FP8 tensor cores"
-    return None
+    return no_fp8(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def resolve(choice: str, device: torch.device) -> tuple[str, str]:
