@@ -18,8 +18,8 @@ def test_dry_run_shows_the_dag(workflow_copy: Path) -> None:
     result = run_snakemake(workflow_copy, "-n")
     assert result.returncode == 0, result.stderr
     assert job_counts(result.stdout) == {
-        "flatten": "1", "dev_split": "1", "subset": "21", "base_model": "1", "train_lora": "2", "adapter": "21", "loss_curves": "1",
-        "predict": "1", "prediction": "21", "serving": "1", "vote": "1", "revote": "1", "submission": "1", "evaluate": "1",
+        "flatten": "1", "dev_split": "1", "subset": "21", "base_model": "1", "train_lora": "2", "link_adapter": "21", "loss_curves": "1",
+        "predict": "1", "link_prediction": "21", "serving_record": "1", "vote": "1", "revote": "1", "submission": "1", "evaluate": "1",
         "plots": "1", "all": "1",
     }
 
@@ -28,7 +28,7 @@ def test_serve_shards_split_the_predict_phase_by_adapter(workflow_copy: Path) ->
     """serve.shards: 2 is two predict jobs, each with its own server and its share of the 21 adapters (11 and 10)."""
     result = run_snakemake(workflow_copy, "-n", "--configfile", ".test/shards2.yaml")
     assert result.returncode == 0, result.stderr
-    assert job_counts(result.stdout)["predict"] == "2" and job_counts(result.stdout)["prediction"] == "21"
+    assert job_counts(result.stdout)["predict"] == "2" and job_counts(result.stdout)["link_prediction"] == "21"
     inputs = re.findall(r"^rule predict:\n    input: (.*)$", result.stdout, re.M)
     adapters = sorted(sorted(int(k) for k in re.findall(r"results/adapters/(\d+)", job)) for job in inputs)
     assert adapters == [list(range(11)), list(range(11, 21))]
@@ -67,7 +67,7 @@ def test_one_adapter_by_name_runs_the_job_that_holds_it(workflow_copy: Path) -> 
     result = run_snakemake(workflow_copy, "results/adapters/5", "-n", "--configfile", "k.yaml")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
-    assert counts["train_lora"] == "1" and counts["adapter"] == "1"
+    assert counts["train_lora"] == "1" and counts["link_adapter"] == "1"
     assert "output: results/train_jobs/1" in result.stdout  # adapters 3, 4, 5
     assert counts["subset"] == "3"
 

@@ -112,6 +112,17 @@ def test_every_module_sits_in_a_stage_and_imports_only_the_stages_below_it() -> 
     assert stage_violations(graph) == []
 
 
+def test_rule_files_are_the_stages_each_opening_with_its_stage() -> None:
+    """workflow/rules/ has common.smk and one file per stage, named as the package's stage folders; each says which."""
+    rules = REPO / "workflow" / "rules"
+    assert {p.stem for p in rules.glob("*.smk")} == {"common", *STAGES}
+    for number, stage in enumerate(STAGES, start=1):
+        first = (rules / f"{stage}.smk").read_text().splitlines()[0]
+        assert first.startswith(f"# Stage {number}, {stage} (logivote.{stage})"), first
+    snakefile = (REPO / "workflow" / "Snakefile").read_text()
+    assert re.findall(r'^include: "rules/(\w+)\.smk"$', snakefile, re.M) == ["common", "data", "base", "training", "serving", "ensemble"]
+
+
 def test_the_stage_check_fails_on_an_import_from_a_higher_stage() -> None:
     graph = package_imports()
     graph["logivote.data.flatten"] = graph["logivote.data.flatten"] | {"logivote.serving.client"}

@@ -36,7 +36,7 @@ OVERLAY = ".test/slurm/one-gpu-per-training.yaml"
 COMMAND = ["--profile", "workflow/profiles/slurm", "--configfile", OVERLAY]
 # only the heavy rules go through sbatch; the data steps are local rules (seconds of CPU on small files)
 SUBMITTED = {"base_model": 1, "train_lora": 2, "predict": 2, "revote": 1}  # predict: serve.shards 2 in the overlay
-LOCAL = {"flatten": 1, "dev_split": 1, "subset": 21, "adapter": 21, "loss_curves": 1, "prediction": 21, "serving": 1,
+LOCAL = {"flatten": 1, "dev_split": 1, "subset": 21, "link_adapter": 21, "loss_curves": 1, "link_prediction": 21, "serving_record": 1,
          "vote": 1, "submission": 1, "evaluate": 1, "plots": 1, "all": 1}
 SUBMIT_LINE = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: ([^)]+)\)")
 HOW_TO_ENABLE = ("to run it: pip install -e '.[slurm]', then as root `bash .test/slurm/cluster.sh install` "

@@ -1,3 +1,6 @@
+# Stage 1, data (logivote.data): the raw puzzles flattened to one question per line, the dev puzzles held out,
+# and the seeded 80 % bags, one per adapter (recipe steps 1 and 2).
+
 rule flatten:
     input:
         source_paths(),

@@ -1,4 +1,4 @@
-"""Step 2: bagging — seeded subsets of the training questions, one per adapter.
+"""Stage 1, data (recipe step 2): bagging — seeded subsets of the training questions, one per adapter.
 
 Subset ``k`` orders the questions by ``sha256(f"{base_seed + k}:{qid}")`` (a
 shuffle that depends only on the seed and the ids: the same on every machine,

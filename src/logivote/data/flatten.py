@@ -1,4 +1,4 @@
-"""Step 1: raw competition puzzles → one question per line.
+"""Stage 1, data (recipe step 1): raw competition puzzles → one question per line.
 
 Raw format (one puzzle per line)::
 

@@ -1,4 +1,4 @@
-"""Step 5: majority vote over adapters, a second round for close calls, submission.
+"""Stage 4, ensemble (recipe step 5): majority vote over adapters, a second round for close calls, submission.
 
 Round 1 (:func:`tally_round1`)
     Each adapter casts one vote per question: a letter of that question's

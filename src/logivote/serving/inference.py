@@ -1,11 +1,11 @@
-"""Step 4: vLLM servers with the adapters on them; round-1 predictions and round-2 samples.
+"""Stage 5, serving (recipe step 4): vLLM servers with the adapters on them; round-1 predictions and round-2 samples.
 
 Phase ``predict`` asks every adapter every test question once, greedily
 (temperature 0). It is split by adapter into ``serve.shards`` jobs
 (:func:`shard_adapters`), each with its own server, which Snakemake runs side
 by side on one host's GPUs or SLURM places on any nodes; each writes its
 adapters' files into ``results/predict_shards/{shard}/``
-(:func:`predict_shard`), and rule ``prediction`` puts them at
+(:func:`predict_shard`), and rule ``link_prediction`` puts them at
 ``results/predictions/{k}.jsonl`` (:func:`link_prediction`). Phase ``revote``
 (one server: it asks only the few questions without a strict round-1
 majority, and a second server start would cost more than it saves) asks

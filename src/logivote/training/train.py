@@ -1,4 +1,4 @@
-"""Step 3: LoRA adapters, K per job over one base model in memory (``train.adapters_per_job``).
+"""Stage 3, training (recipe step 3): LoRA adapters, K per job over one base model in memory (``train.adapters_per_job``).
 
 :func:`train_adapters` loads the base once and trains K adapters together.
 Each step takes the next example of each adapter's own stream (its subset, in

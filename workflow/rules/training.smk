@@ -1,22 +1,5 @@
-rule base_model:
-    input:
-        base_model_inputs(),
-    output:
-        directory(BASE_MODEL_DIR),
-    params:
-        spec=config["base_model"],
-    threads: config["base_model"]["threads"]
-    resources:
-        gpu=base_model_gpus(),
-    log:
-        "logs/base_model.log",
-    benchmark:
-        "benchmarks/base_model.tsv"
-    conda:
-        env_file("train")
-    script:
-        "../scripts/base_model.py"
-
+# Stage 3, training (logivote.training): K LoRA adapters per job over the frozen base (recipe step 3), each
+# adapter linked into its own folder, and the loss curves drawn.
 
 rule train_lora:
     input:
@@ -42,7 +25,7 @@ rule train_lora:
         "../scripts/train_lora.py"
 
 
-rule adapter:
+rule link_adapter:
     input:
         adapter_job_dir,
     output:
@@ -51,11 +34,11 @@ rule adapter:
         source=lambda wildcards: f"results/train_jobs/{job_of(int(wildcards.k))}/{wildcards.k}",
     localrule: True
     log:
-        "logs/adapter/{k}.log",
+        "logs/link_adapter/{k}.log",
     conda:
         "../../envs/data.yaml"
     script:
-        "../scripts/adapter.py"
+        "../scripts/link_adapter.py"
 
 
 rule loss_curves:

@@ -1,63 +1,5 @@
-rule predict:
-    input:
-        unpack(predict_eval_inputs),
-        base=BASE_MODEL_DIR,
-        adapters=shard_adapter_dirs,
-        test="results/data/test.jsonl",
-    output:
-        directory("results/predict_shards/{shard}"),
-    params:
-        evaluation=EVALUATION,
-        subsets=lambda wildcards: shard_subsets(wildcards),
-        serve=config["serve"],
-        client=config["client"],
-        cache=lambda wildcards: shard_cache(ANSWER_CACHE, int(wildcards.shard), SHARDS),
-        # one server holds every adapter: it asks round 2 ahead, and revote starts none (logivote.serving.inference.predict)
-        round2=config["vote"] if SHARDS == 1 else None,
-    threads: config["serve"]["threads"]
-    resources:
-        gpu=config["serve"]["gpus"],
-        mem_mb=config["serve"]["mem_mb"],
-    log:
-        main="logs/predict/{shard}.log",
-        server="logs/vllm/predict/{shard}.log",
-    benchmark:
-        "benchmarks/predict/{shard}.tsv"
-    conda:
-        env_file("serve")
-    script:
-        "../scripts/predict.py"
-
-
-rule prediction:
-    input:
-        adapter_shard_dir,
-    output:
-        prediction="results/predictions/{k}.jsonl",
-        oob=["results/eval/oob/{k}.jsonl"] if EVALUATION else [],
-        dev=["results/eval/dev/{k}.jsonl"] if EVALUATION else [],
-    localrule: True  # hard links: never worth a cluster job
-    log:
-        "logs/prediction/{k}.log",
-    conda:
-        "../../envs/data.yaml"
-    script:
-        "../scripts/prediction.py"
-
-
-rule serving:
-    input:
-        expand("results/predict_shards/{shard}", shard=range(SHARDS)),
-    output:
-        SERVING_RECORD,
-    localrule: True  # one small JSON file
-    log:
-        "logs/serving.log",
-    conda:
-        "../../envs/data.yaml"
-    script:
-        "../scripts/serving.py"
-
+# Stage 4, ensemble (logivote.ensemble): the adapters' answers become votes and the submission (recipe step 5),
+# and, with evaluation on, the metrics and their plots.
 
 rule vote:
     input:
@@ -74,39 +16,6 @@ rule vote:
         "../../envs/data.yaml"
     script:
         "../scripts/vote.py"
-
-
-rule revote:
-    input:
-        base=BASE_MODEL_DIR,
-        adapters=adapter_dirs(),
-        test="results/data/test.jsonl",
-        round1="results/votes/round1.jsonl",
-        dev=["results/data/dev.jsonl"] if EVALUATION else [],
-        dev_greedy=eval_files("dev"),
-    output:
-        round2="results/votes/round2.jsonl",
-        dev_round2=["results/eval/dev_round2.jsonl"] if EVALUATION else [],
-    params:
-        evaluation=EVALUATION,
-        subsets=SUBSETS,
-        serve=config["serve"],
-        client=config["client"],
-        vote=config["vote"],
-        cache=ANSWER_CACHE,
-    threads: config["serve"]["threads"]
-    resources:
-        gpu=config["serve"]["gpus"],
-        mem_mb=config["serve"]["mem_mb"],
-    log:
-        main="logs/revote.log",
-        server="logs/vllm/revote.log",
-    benchmark:
-        "benchmarks/revote.tsv"
-    conda:
-        env_file("serve")
-    script:
-        "../scripts/revote.py"
 
 
 rule submission:
