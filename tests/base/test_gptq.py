@@ -89,7 +89,7 @@ def test_the_dequantized_checkpoint_is_the_int4_model_in_float_weights_and_takes
 
     from logivote.base.quantize import calibration_texts, dequantize_checkpoint
     from logivote.data.flatten import read_questions
-    from logivote.training.train import RECIPE_TARGETS
+    from logivote.training.settings import RECIPE_TARGETS
 
     out = tmp_path / "dequantized"
     dequantize_checkpoint(gptq["base"], out, "float32")
@@ -130,7 +130,8 @@ LORA_STEPS = textwrap.dedent("""
     from transformers import AutoTokenizer
     from logivote.data.flatten import read_questions
     from logivote.data.prompt import encode_example
-    from logivote.training.train import RECIPE_TARGETS, base_memory, load_base
+    from logivote.training.loop import base_memory, load_base
+    from logivote.training.settings import RECIPE_TARGETS
 
     tokenizer, model = load_base(sys.argv[1], torch.float32, on_gpu=False)
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=RECIPE_TARGETS, task_type="CAUSAL_LM"))
@@ -177,7 +178,7 @@ def test_group_size_must_divide_every_linear_input() -> None:
 def test_frozen_forward_gives_the_kernels_training_numbers_without_keeping_the_weight(gptq: dict[str, Path]) -> None:
     """Issue 19, point 5: autograd keeps no dequantized weight of a GPTQ linear; outputs and input gradients unchanged."""
     from logivote.training.frozen_gptq import frozen_forward, is_gptq
-    from logivote.training.train import load_base
+    from logivote.training.loop import load_base
 
     _, model = load_base(gptq["base"], torch.float32, on_gpu=False)
     for linear in (model.model.layers[1].self_attn.q_proj, model.model.layers[1].mlp.down_proj):  # with and without bias
@@ -203,7 +204,7 @@ def test_frozen_forward_gives_the_kernels_training_numbers_without_keeping_the_w
 def test_frozen_forward_adds_an_addend_inside_the_gemm_with_its_gradient(gptq: dict[str, Path]) -> None:
     """The grouped LoRA path hands its delta to the frozen GEMM (addmm): the same sum, and the delta's gradient."""
     from logivote.training.frozen_gptq import frozen_forward
-    from logivote.training.train import load_base
+    from logivote.training.loop import load_base
 
     _, model = load_base(gptq["base"], torch.float32, on_gpu=False)
     for linear in (model.model.layers[0].self_attn.q_proj, model.model.layers[0].mlp.down_proj):  # with and without bias
@@ -222,7 +223,7 @@ def test_frozen_forward_adds_an_addend_inside_the_gemm_with_its_gradient(gptq: d
 def test_frozen_forward_keeps_the_compute_dtype_with_a_half_precision_bias(gptq: dict[str, Path]) -> None:
     """Seen on the H200: a bf16 model over an fp16-biased GPTQ checkpoint; bf16 + fp16 promotes to float32."""
     from logivote.training.frozen_gptq import frozen_forward
-    from logivote.training.train import load_base
+    from logivote.training.loop import load_base
 
     _, model = load_base(gptq["base"], torch.float32, on_gpu=False)
     linear = model.model.layers[0].self_attn.k_proj
@@ -247,7 +248,7 @@ DEQUANT_KERNEL = textwrap.dedent("""
     from torch.utils.checkpoint import checkpoint
     from logivote.training import gptq_dequant
     from logivote.training.frozen_gptq import frozen_forward, is_gptq
-    from logivote.training.train import load_base
+    from logivote.training.loop import load_base
 
     _, model = load_base(sys.argv[1], torch.float32, on_gpu=False)
     linears = [m for m in model.modules() if is_gptq(m)]
@@ -328,7 +329,7 @@ FP8_KERNELS = textwrap.dedent("""
     import json, sys, torch
     from logivote.training import fp8_frozen, gptq_dequant
     from logivote.training.frozen_gptq import frozen_forward, is_gptq
-    from logivote.training.train import load_base
+    from logivote.training.loop import load_base
 
     E4M3 = torch.float8_e4m3fn
     bits = lambda t: torch.where(t.float() == 0, torch.zeros_like(t.view(torch.uint8)), t.view(torch.uint8))  # zeros by value:

@@ -11,7 +11,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from logivote.training.train import TrainSettings, _prepare_checkpoints, fingerprint  # noqa: E402
+from logivote.training.checkpoints import fingerprint, prepare_checkpoints  # noqa: E402
+
+from logivote.training.settings import TrainSettings  # noqa: E402
 
 
 def _inputs(tmp_path: Path) -> tuple[dict[int, Path], Path]:
@@ -36,17 +38,17 @@ def test_fingerprint_follows_what_changes_the_adapters_and_nothing_else(tmp_path
 
 def test_a_checkpoint_of_other_settings_is_wiped_and_the_log_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     ckpt = tmp_path / "checkpoints"
-    assert _prepare_checkpoints(ckpt, "A") is None  # nothing yet: the folder is stamped
+    assert prepare_checkpoints(ckpt, "A") is None  # nothing yet: the folder is stamped
     for step in (10, 20):
         (ckpt / f"step-{step}").mkdir()
         (ckpt / f"step-{step}" / "state.pt").write_bytes(b"x")
     (ckpt / "step-30").mkdir()  # no state.pt: incomplete, never resumed
     (ckpt / ".step-40.tmp").mkdir()  # a save cut off by a kill
     with caplog.at_level(logging.WARNING):
-        assert _prepare_checkpoints(ckpt, "A") == ckpt / "step-20"
+        assert prepare_checkpoints(ckpt, "A") == ckpt / "step-20"
     assert not (ckpt / ".step-40.tmp").exists() and not caplog.records
     with caplog.at_level(logging.WARNING):
-        assert _prepare_checkpoints(ckpt, "B") is None
+        assert prepare_checkpoints(ckpt, "B") is None
     assert "from other settings or data: starting over" in caplog.text
     assert sorted(p.name for p in ckpt.iterdir()) == ["fingerprint.txt"]
     assert (ckpt / "fingerprint.txt").read_text().strip() == "B"

@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from logivote.training import fp8_frozen  # noqa: E402
-from logivote.training.train import TrainSettings  # noqa: E402
+from logivote.training.settings import TrainSettings  # noqa: E402
 
 
 def test_auto_trains_in_the_training_dtype_on_cpu_and_fp8_refuses_to() -> None:

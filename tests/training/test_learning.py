@@ -27,7 +27,8 @@ from logivote.base.quantize import gptq_load_kwargs  # noqa: E402
 from logivote.data.contracts import letters_for  # noqa: E402
 from logivote.data.flatten import Source, flatten, read_questions  # noqa: E402
 from logivote.data.prompt import letter_choice  # noqa: E402
-from logivote.training.train import TrainSettings, train_adapters  # noqa: E402
+from logivote.training.loop import train_adapters  # noqa: E402
+from logivote.training.settings import TrainSettings  # noqa: E402
 
 ANIMALS = ["cat", "dog", "fox", "owl"]
 SETTINGS = TrainSettings(lora_r=8, lora_alpha=16, lora_dropout=0.0, learning_rate=2e-3, epochs=2, save_steps=1000,

@@ -23,7 +23,8 @@ from logivote.base.tiny_model import TinyShape, build_from_questions  # noqa: E4
 from logivote.data.bagging import write_subset  # noqa: E402
 from logivote.data.flatten import Source, flatten, read_questions  # noqa: E402
 from logivote.data.prompt import encode_example  # noqa: E402
-from logivote.training.train import TrainSettings, init_seeds, train_adapter, train_adapters  # noqa: E402
+from logivote.training.loop import train_adapter, train_adapters  # noqa: E402
+from logivote.training.settings import init_seeds, TrainSettings  # noqa: E402
 
 from ..conftest import REPO  # noqa: E402
 
@@ -155,7 +156,7 @@ def test_rows_of_a_stream_get_their_own_gradients(tiny: dict[str, Path]) -> None
     """float32, one step: each adapter's gradient from a packed stream of 3 rows is its example's gradient alone."""
     from logivote.training.packing import pack, row_losses, use_packed_attention
     from logivote.training.stacked_lora import LoraShape, StackedLora
-    from logivote.training.train import encode_subset, load_base
+    from logivote.training.loop import encode_subset, load_base
 
     tokenizer, model = load_base(tiny["base"], torch.float32, on_gpu=False)
     model.requires_grad_(False)
@@ -190,7 +191,8 @@ def test_rows_of_a_stream_get_their_own_gradients(tiny: dict[str, Path]) -> None
 TRAIN_SCRIPT = textwrap.dedent("""
     import logging, sys
     logging.basicConfig(level=logging.INFO)
-    from logivote.training.train import train_adapters, TrainSettings
+    from logivote.training.loop import train_adapters
+    from logivote.training.settings import TrainSettings
     settings = TrainSettings(lora_r=4, lora_alpha=8, lora_dropout=0.1, learning_rate=1e-3, epochs=2, save_steps=10, logging_steps=5)
     bags = dict(enumerate(sys.argv[3:]))
     train_adapters(sys.argv[1], bags, {k: f"{sys.argv[2]}/{k}" for k in bags}, sys.argv[2] + ".ckpt", settings)
@@ -288,7 +290,7 @@ def test_a_diverging_adapter_fails_the_job_by_name_and_writes_nothing(tiny: dict
 
 
 def test_loss_curve_rows_are_the_logged_window_means_with_the_scheduled_rate() -> None:
-    from logivote.training.train import loss_curve
+    from logivote.training.loop import loss_curve
 
     linear = [1.0, 0.75, 0.5, 0.25, 0.0]  # 4 optimizer steps, linear decay to 0
     rows = loss_curve(7, [4.0, 2.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.1], logging_steps=4, grad_accum=2, base_lr=1e-3, lr_factors=linear)
@@ -298,7 +300,7 @@ def test_loss_curve_rows_are_the_logged_window_means_with_the_scheduled_rate() -
 
 
 def test_lr_factors_are_transformers_schedules() -> None:
-    from logivote.training.train import lr_factors
+    from logivote.training.settings import lr_factors
 
     assert lr_factors("linear", 2, 6) == pytest.approx([0.0, 0.5, 1.0, 0.75, 0.5, 0.25, 0.0])
     assert lr_factors("constant", 0, 3) == pytest.approx([1.0] * 4)
@@ -307,7 +309,7 @@ def test_lr_factors_are_transformers_schedules() -> None:
 
 
 def test_every_adapter_folder_has_its_loss_curve(tiny: dict[str, Path], tmp_path: Path) -> None:
-    from logivote.training.train import read_loss_curve
+    from logivote.data.contracts import read_loss_curve
 
     bags = subsets(tiny, {0: 0.25, 1: 0.1})  # 30 and 12 questions: 60 and 24 steps
     train_adapters(tiny["base"], bags, {k: tmp_path / str(k) for k in bags}, tmp_path / "ckpt", SETTINGS)
@@ -379,7 +381,7 @@ def test_steps_replayed_from_graphs_train_the_same_adapters(tiny: dict[str, Path
     bags = subsets(tiny, {3: 0.25, 4: 0.1})
     for name, graphs in (("eager", False), ("graphs", True)):
         caplog.clear()
-        with caplog.at_level("INFO", logger="logivote.training.train"):
+        with caplog.at_level("INFO", logger="logivote.training.loop"):
             train_adapters(tiny["base"], bags, {k: tmp_path / name / str(k) for k in bags}, tmp_path / f"c-{name}",
                            replace(settings, cuda_graphs=graphs))
         replayed = re.findall(r"CUDA graphs: (\d+) stream shapes captured, (\d+) of 60 steps replayed", caplog.text)

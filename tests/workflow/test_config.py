@@ -115,7 +115,7 @@ def test_every_config_section_builds_its_settings(config_file: str) -> None:
 
     from logivote.serving.client import ClientSettings
     from logivote.serving.inference import ServeSettings
-    from logivote.training.train import TrainSettings
+    from logivote.training.settings import TrainSettings
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     for section, values in yaml.safe_load((REPO / config_file).read_text()).items():

@@ -3,7 +3,7 @@ from snakemake.utils import validate
 from logivote.serving.client import shard_cache
 from logivote.serving.inference import shard_adapters
 from logivote.base.models import model_dir
-from logivote.training.train import job_adapters
+from logivote.training.job import job_adapters
 
 
 validate(config, schema="../schemas/config.schema.yaml")

@@ -1,14 +1,14 @@
 from logivote.logs import log_to
-from logivote.training.train import train_lora_job
+from logivote.training.job import train_lora_job
 
 with log_to(snakemake.log[0]):
     train_lora_job(
-        snakemake.input.base,
-        list(snakemake.input.subsets),
-        snakemake.output[0],
-        snakemake.params.checkpoints,
-        snakemake.params.settings,
-        snakemake.params.adapters,
-        snakemake.threads,
-        snakemake.resources.gpu,
+        base_dir=snakemake.input.base,
+        subset_paths=list(snakemake.input.subsets),
+        job_dir=snakemake.output[0],
+        checkpoint_dir=snakemake.params.checkpoints,
+        section=snakemake.params.settings,
+        adapters=snakemake.params.adapters,
+        threads=snakemake.threads,
+        gpus=snakemake.resources.gpu,
     )

@@ -12,7 +12,7 @@ model's is measured and written to ``logivote_quant.json`` in the model folder.
 :func:`gptq_load_kwargs` is what training passes to ``from_pretrained`` for a
 GPTQ checkpoint: a kernel that can train (gptqmodel picks an inference-only
 one on some CPUs, e.g. ``TorchCpuAvx512Linear``, which refuses ``train()``).
-One trap is documented in :func:`logivote.training.train.train_adapter`: a no-grad
+One trap is documented in :func:`logivote.training.loop.train_adapter`: a no-grad
 forward before training silently freezes gptqmodel's CPU kernel in its fused
 inference mode, so training always starts in a fresh process.
 """

@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     from logivote.training.fused import fuse_elementwise
     from logivote.training.packing import pack, row_losses, use_packed_attention
     from logivote.training.stacked_lora import LoraShape, StackedLora
-    from logivote.training.train import RECIPE_TARGETS, encode_subset, load_base, use_expandable_segments
+    from logivote.training.loop import encode_subset, load_base, use_expandable_segments
+    from logivote.training.settings import RECIPE_TARGETS
 
     from .full_depth import QWEN32B, build_random_gptq
     from .multi_adapter import LENGTHS, synthetic_subset

@@ -1,6 +1,6 @@
 """Benchmark (not a test): one config's adapters trained twice from the same seed, frozen GEMMs in bf16 and in FP8 (issue 41).
 
-The workflow's own :func:`logivote.training.train.train_adapters` trains every subset of ``--subsets`` (``0.jsonl``,
+The workflow's own :func:`logivote.training.loop.train_adapters` trains every subset of ``--subsets`` (``0.jsonl``,
 ``1.jsonl``, ...) in one job with the config's ``train`` section, once with ``frozen_gemm: bf16`` and once with
 ``fp8``, into ``--out-dir/bf16`` and ``--out-dir/fp8``; it prints one JSON line: each run's wall time, the largest
 relative difference between the two runs' loss curves (``loss_curve.tsv``, per adapter and logged step) and the
@@ -26,7 +26,11 @@ from logivote.data.jsonl import dumps
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    from logivote.training.train import LOSS_CURVE, TrainSettings, read_loss_curve, train_adapters
+    from logivote.data.contracts import LOSS_CURVE, read_loss_curve
+
+    from logivote.training.loop import train_adapters
+
+    from logivote.training.settings import TrainSettings
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True)

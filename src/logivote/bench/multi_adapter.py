@@ -1,7 +1,7 @@
 """Benchmark (not a test): K adapters per training step against the Trainer path logivote had before.
 
 For each model shape (random weights, built locally) and K, the workflow's own
-:func:`logivote.training.train.train_adapters` trains K adapters for ``--steps`` steps
+:func:`logivote.training.loop.train_adapters` trains K adapters for ``--steps`` steps
 on synthetic puzzles whose lengths are drawn from the real training data's
 length distribution (``resources/benchmarks/real_train_lengths.json``; each
 adapter its own draw, so rows of a step differ in length and are padded).
@@ -38,7 +38,8 @@ import torch
 from logivote.base.tiny_model import build_tiny_model
 from logivote.data.jsonl import atomic_write_jsonl, dumps
 from logivote.training import fused, stacked_lora
-from logivote.training.train import SELECTIVE, StepStats, TrainSettings, train_adapters, use_expandable_segments
+from logivote.training.loop import StepStats, train_adapters, use_expandable_segments
+from logivote.training.settings import SELECTIVE, TrainSettings
 
 from .train_gpu import SHAPES, Clock, padded_questions
 
@@ -186,7 +187,8 @@ def trainer_baseline(base: Path, subset: Path, workdir: Path, steps: int, peak: 
 
     from logivote.data.flatten import read_questions
     from logivote.data.prompt import encode_example
-    from logivote.training.train import RECIPE_TARGETS, load_base
+    from logivote.training.loop import load_base
+    from logivote.training.settings import RECIPE_TARGETS
 
     on_gpu = torch.cuda.is_available()
     if on_gpu:

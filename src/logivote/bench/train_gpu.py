@@ -2,7 +2,7 @@
 
 Builds Qwen2-architecture models of realistic shape with random weights (no
 download), writes synthetic puzzles padded to a target prompt length, and runs
-``logivote.training.train.train_adapter`` (Trainer + peft LoRA, the recipe's settings)
+``logivote.training.loop.train_adapter`` (Trainer + peft LoRA, the recipe's settings)
 for a few hundred steps. Prints one JSON line per case: tokens/s, peak GPU
 memory and where the step time goes (forward, backward, optimizer, rest).
 
@@ -22,7 +22,8 @@ import torch
 from logivote.base.tiny_model import TinyShape, build_tiny_model
 from logivote.data.jsonl import atomic_write_jsonl, dumps
 from logivote.data.sample_data import make_puzzles
-from logivote.training.train import StepStats, TrainSettings, train_adapter
+from logivote.training.loop import StepStats, train_adapter
+from logivote.training.settings import TrainSettings
 
 from .full_depth import QWEN32B
 
@@ -44,7 +45,7 @@ SHAPES = {
 
 
 class Clock:
-    """``on_step`` callback of :func:`logivote.training.train.train_adapters`: times the steps after ``warmup`` (CUDA-synchronised)."""
+    """``on_step`` callback of :func:`logivote.training.loop.train_adapters`: times the steps after ``warmup`` (CUDA-synchronised)."""
 
     def __init__(self, warmup: int = 5) -> None:
         self.warmup = warmup
@@ -152,7 +153,7 @@ def run_case(name: str, seq_tokens: int, steps: int, workdir: Path, gradient_che
     lengths = [len(tok(q["problem"])["input_ids"]) for q in questions[:20]]
     n_steps = len(questions) * 2  # two epochs
     total_tokens = 2 * sum(len(encode_example(tok, q, 10**6)["input_ids"]) for q in questions)
-    from logivote.training.train import base_memory
+    from logivote.training.loop import base_memory
 
     memory = base_memory(model.model)
     result = {

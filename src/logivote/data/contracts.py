@@ -29,7 +29,7 @@ unless said otherwise, written atomically (see :mod:`logivote.data.jsonl`).
     (settings, examples, steps, the job's adapters, final loss) + ``loss_curve.tsv`` (tab-separated,
     header ``adapter step loss learning_rate``: one row per logged step, every ``train.logging_steps``
     and the adapter's last, the mean loss since the previous row and the learning rate then;
-    :func:`logivote.training.train.read_loss_curve`). Training job
+    :func:`read_loss_curve`, :func:`write_loss_curve`). Training job
     ``job`` holds adapters ``job*K … job*K+K-1`` (``train.adapters_per_job``);
     ``results/adapters/{k}/`` holds hard links to its files.
 
@@ -71,6 +71,9 @@ unless said otherwise, written atomically (see :mod:`logivote.data.jsonl`).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TypedDict
 
 #: The marker stored instead of a letter when an answer could not be used.
@@ -164,3 +167,22 @@ class SubmissionAnswer(TypedDict):
 class SubmissionPuzzle(TypedDict):
     id: str
     questions: list[SubmissionAnswer]
+
+
+#: Each adapter folder's loss curve (``results/adapters/{k}/loss_curve.tsv``): its file name and columns.
+LOSS_CURVE = "loss_curve.tsv"
+LOSS_CURVE_COLUMNS = ("adapter", "step", "loss", "learning_rate")
+
+
+def write_loss_curve(path: str | os.PathLike[str], rows: Sequence[tuple[int, int, float, float]]) -> None:
+    """``loss_curve.tsv``: a header, then one tab-separated row (adapter, step, loss, learning rate) per logged step."""
+    lines = ["\t".join(LOSS_CURVE_COLUMNS)] + [f"{a}\t{s}\t{loss:.6g}\t{lr:.6g}" for a, s, loss, lr in rows]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def read_loss_curve(path: str | os.PathLike[str]) -> list[dict[str, float]]:
+    """The rows of a ``loss_curve.tsv``, each a dict of the four columns (all floats); a wrong header fails naming the file."""
+    header, *body = Path(path).read_text().splitlines()
+    if tuple(header.split("\t")) != LOSS_CURVE_COLUMNS:
+        raise ValueError(f"{path}: expected the columns {LOSS_CURVE_COLUMNS}, got {header!r}")
+    return [dict(zip(LOSS_CURVE_COLUMNS, map(float, line.split("\t")))) for line in body]

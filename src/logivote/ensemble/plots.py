@@ -129,7 +129,7 @@ def agreement(metrics: Mapping[str, Any], path: str) -> None:
 
 def loss_curves(adapter_dirs: Mapping[str, str], path: str) -> None:
     """Each adapter's training loss over its steps (``loss_curve.tsv`` in its folder) and their mean."""
-    from ..training.train import LOSS_CURVE, read_loss_curve
+    from ..data.contracts import LOSS_CURVE, read_loss_curve
 
     fig, ax = plt.subplots(figsize=(9, 4.6))
     curves = {name: read_loss_curve(os.path.join(folder, LOSS_CURVE)) for name, folder in adapter_dirs.items()}

@@ -1,4 +1,4 @@
-"""Stage 3, training (recipe step 3): LoRA adapters, K per job over one base model in memory (``train.adapters_per_job``).
+"""The training loop: K LoRA adapters in one job over one base model in memory (``train.adapters_per_job``).
 
 :func:`train_adapters` loads the base once and trains K adapters together.
 Each step takes the next example of each adapter's own stream (its subset, in
@@ -12,7 +12,7 @@ its own seeded order, for its own epochs); the four units of a step are:
   adapter's gradient is that of its own example;
 - :mod:`logivote.training.stacked_adamw`: one AdamW step for all adapters, with each
   adapter's own moments, step count, gradient clipping and learning rate (a
-  ``[K]`` tensor from its schedule, :func:`lr_factors`);
+  ``[K]`` tensor from its schedule, :func:`logivote.training.settings.lr_factors`);
 - this loop, which reads the losses back only every ``logging_steps``.
 
 Batch-1 semantics per adapter, one stream of K rows for the hardware. An
@@ -22,19 +22,13 @@ K = 1 runs the same code.
 
 Each adapter is written as a standard peft folder (``adapter_config.json`` +
 ``adapter_model.safetensors``) that ``PeftModel.from_pretrained`` and vLLM's
-``--lora-modules`` load, under its final name only when complete.
-
-Crash safety: a checkpoint per job goes to ``checkpoint_dir/step-N`` every
-``save_steps`` steps (LoRA weights, optimizer state, RNG states). A rerun resumes from the newest complete one, provided its
-fingerprint (settings, subsets, base model) matches; a stale checkpoint folder
-is wiped. On CPU a resumed job ends with the same adapters as an
-uninterrupted one (``tests/training/test_train.py``).
+``--lora-modules`` load, under its final name only when complete, with its
+``loss_curve.tsv`` and ``logivote_train.json`` (:mod:`logivote.data.contracts`).
+Checkpoints and resume: :mod:`logivote.training.checkpoints`.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import logging
 import math
@@ -43,102 +37,20 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..base.quantize import gptq_load_kwargs
+from ..data.contracts import LOSS_CURVE, write_loss_curve
 from ..data.flatten import read_questions
-from ..data.jsonl import atomic_directory, link_or_copy, sha256_file
+from ..data.jsonl import atomic_directory
 from ..data.prompt import encode_example
+from .checkpoints import fingerprint, prepare_checkpoints, resume, save_checkpoint
 from .recompute import keep_matmuls
-
-# selective checkpointing modes: how many wide matmuls of a layer keep their outputs (logivote.training.recompute)
-SELECTIVE = {"selective": 0, "selective_gate": 1}
+from .settings import SELECTIVE, TrainSettings, init_seeds, lr_factors, resolve_dtype
 
 log = logging.getLogger(__name__)
-
-RECIPE_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Every knob of the recipe; config key ``train`` maps onto these fields (config/README.md)."""
-
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: list(RECIPE_TARGETS))
-    max_len: int = 1800
-    learning_rate: float = 1e-4
-    epochs: float = 2.0
-    batch_size: int = 1
-    grad_accum: int = 1
-    lr_scheduler: str = "linear"
-    warmup_steps: int = 0
-    seed: int = 42
-    lora_init: str = "shared"  # shared: every adapter's A from ``seed``, as separate runs of one seed; per_adapter: from (seed, subset)
-    save_steps: int = 50
-    logging_steps: int = 10
-    dtype: str = "float32"  # float32 | bfloat16 | float16 | auto (bf16 where the GPU has it, else fp16) | float64 (checks)
-    gradient_checkpointing: bool | str = False  # True: recompute whole layers in backward; "selective", "selective_gate": logivote.training.recompute
-    threads: int = 1
-    gpus: int = 0
-    adapters_per_job: int = 1
-    max_grad_norm: float = 1.0  # per adapter, as transformers' Trainer clips by default
-    bucket_tokens: int = 1  # the packed stream's length is rounded up to a multiple of this (static shapes on GPUs)
-    cuda_graphs: bool = False  # replay each stream shape's forward + backward from a CUDA graph (logivote.training.cuda_graphs)
-    frozen_gemm: str = "auto"  # auto | bf16 | fp8: the frozen int4 base's GEMMs (logivote.training.fp8_frozen)
-
-    def __post_init__(self) -> None:
-        if self.gradient_checkpointing not in (True, False, *SELECTIVE):
-            raise ValueError(f"train.gradient_checkpointing: true, false, selective or selective_gate, not {self.gradient_checkpointing!r}")
-        if self.frozen_gemm not in ("auto", "bf16", "fp8"):
-            raise ValueError(f"train.frozen_gemm: auto, bf16 or fp8, not {self.frozen_gemm!r}")
-        if self.lora_init not in ("shared", "per_adapter"):
-            raise ValueError(f"train.lora_init: shared or per_adapter, not {self.lora_init!r}")
-
-    @classmethod
-    def from_config(cls, section: dict[str, Any]) -> TrainSettings:
-        """Settings from config ``train``; its scheduling keys (``mem_mb``) are not training knobs."""
-        return cls(**{k: v for k, v in section.items() if k != "mem_mb"})
-
-
-def resolve_dtype(name: str, on_gpu: bool) -> Any:
-    import torch
-
-    if name == "auto":
-        if on_gpu and torch.cuda.is_available():
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16  # V100: no bf16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}[name]
-
-
-def fingerprint(settings: TrainSettings, subset_paths: Mapping[int, str | os.PathLike[str]], base_dir: str | os.PathLike[str]) -> str:
-    """What a checkpoint must match to be resumed (threads/gpus/logging excluded: they do not change the math)."""
-    knobs = {k: v for k, v in asdict(settings).items()
-             if k not in ("threads", "gpus", "logging_steps", "adapters_per_job", "cuda_graphs")}
-    base_config = Path(base_dir) / "config.json"
-    payload = {
-        "settings": knobs,
-        "subsets": {str(k): sha256_file(path) for k, path in sorted(subset_paths.items())},
-        "base": sha256_file(base_config) if base_config.exists() else str(base_dir),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def _prepare_checkpoints(checkpoint_dir: Path, print_: str) -> Path | None:
-    """Wipe a checkpoint folder of another fingerprint; return the newest complete checkpoint to resume, if any."""
-    stamp = checkpoint_dir / "fingerprint.txt"
-    if checkpoint_dir.exists() and (not stamp.exists() or stamp.read_text().strip() != print_):
-        log.warning("checkpoints in %s are from other settings or data: starting over", checkpoint_dir)
-        shutil.rmtree(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(print_ + "\n")
-    for leftover in checkpoint_dir.glob(".step-*"):  # a save cut off by a kill (atomic_directory's temporary folder)
-        shutil.rmtree(leftover, ignore_errors=True)
-    done = sorted((p for p in checkpoint_dir.glob("step-*") if (p / "state.pt").exists()), key=lambda p: int(p.name[5:]))
-    return done[-1] if done else None
 
 
 def use_expandable_segments() -> None:
@@ -185,8 +97,6 @@ def base_memory(model: Any) -> dict[str, Any]:
     return {"bytes": sum(by_dtype.values()), "by_dtype": by_dtype, "quantized_kernels": kernels}
 
 
-
-
 def adapter_stream(n_examples: int, epochs: float, seed: int, adapter: int) -> list[int]:
     """Adapter ``adapter``'s example order: a fresh seeded shuffle per epoch, cut at ``n × epochs`` examples."""
     total = math.ceil(n_examples * epochs)
@@ -227,15 +137,11 @@ class StepStats:
         return dict(zip(self.adapters, self.row_loss.tolist()))
 
 
-LOSS_CURVE = "loss_curve.tsv"
-LOSS_CURVE_COLUMNS = ("adapter", "step", "loss", "learning_rate")
-
-
 def loss_curve(adapter: int, losses: Sequence[float], logging_steps: int, grad_accum: int, base_lr: float,
                lr_factors: Sequence[float]) -> list[tuple[int, int, float, float]]:
     """The rows of ``loss_curve.tsv`` (contracts): one per logged step (every ``logging_steps`` and the last),
     the mean loss since the previous row, and the learning rate in effect at that step (``lr_factors[n]``:
-    the schedule's multiplier after n optimizer steps, :func:`lr_factors`)."""
+    the schedule's multiplier after n optimizer steps, :func:`logivote.training.settings.lr_factors`)."""
     rows = []
     start = 0
     for step in range(1, len(losses) + 1):
@@ -244,61 +150,6 @@ def loss_curve(adapter: int, losses: Sequence[float], logging_steps: int, grad_a
             rows.append((adapter, step, sum(window) / len(window), base_lr * lr_factors[(step - 1) // grad_accum]))
             start = step
     return rows
-
-
-def write_loss_curve(path: str | os.PathLike[str], rows: Sequence[tuple[int, int, float, float]]) -> None:
-    lines = ["\t".join(LOSS_CURVE_COLUMNS)] + [f"{a}\t{s}\t{loss:.6g}\t{lr:.6g}" for a, s, loss, lr in rows]
-    Path(path).write_text("\n".join(lines) + "\n")
-
-
-def read_loss_curve(path: str | os.PathLike[str]) -> list[dict[str, float]]:
-    header, *body = Path(path).read_text().splitlines()
-    if tuple(header.split("\t")) != LOSS_CURVE_COLUMNS:
-        raise ValueError(f"{path}: expected the columns {LOSS_CURVE_COLUMNS}, got {header!r}")
-    return [dict(zip(LOSS_CURVE_COLUMNS, map(float, line.split("\t")))) for line in body]
-
-
-def init_seeds(settings: TrainSettings, adapters: Sequence[int]) -> list[int]:
-    """The seed of each adapter's initial ``A`` (``train.lora_init``): ``seed`` for all, or one per subset index, so that
-    an adapter starts the same whichever job (and whichever K) trains it."""
-    if settings.lora_init == "shared":
-        return [settings.seed] * len(adapters)
-    from .stacked_lora import derived_seed
-
-    return [derived_seed(settings.seed, str(k)) for k in adapters]
-
-
-@functools.cache
-def lr_factors(scheduler: str, warmup_steps: int, optimizer_steps: int) -> tuple[float, ...]:
-    """The learning rate's multiplier before optimizer step n = 0 … ``optimizer_steps``: transformers'
-    ``get_scheduler`` (the Trainer's schedules), stepped on a stand-in optimizer."""
-    import torch
-    from transformers import get_scheduler
-
-    stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    schedule = get_scheduler(scheduler, stand_in, num_warmup_steps=warmup_steps, num_training_steps=optimizer_steps)
-    factors = []
-    for _ in range(optimizer_steps + 1):
-        factors.append(float(schedule.get_last_lr()[0]))
-        stand_in.step()
-        schedule.step()
-    return tuple(factors)
-
-
-def _save_checkpoint(checkpoint_dir: Path, step: int, lora: Any, optimizer: Any, losses: Sequence[list[float]]) -> None:
-    import torch
-
-    state = {
-        "step": step,
-        "lora": [lora.state(i) for i in range(lora.k)],
-        "optimizer": optimizer.state_dict(),
-        "losses": [list(x) for x in losses],
-        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-    }
-    with atomic_directory(checkpoint_dir / f"step-{step}") as tmp:
-        torch.save(state, tmp / "state.pt")
-    for old in sorted(checkpoint_dir.glob("step-*"), key=lambda p: int(p.name[5:]))[:-2]:  # keep the newest two
-        shutil.rmtree(old, ignore_errors=True)
 
 
 class _LossLog:
@@ -332,6 +183,22 @@ class _LossLog:
         return {self.adapters[i]: sum(x[-n:]) / len(x[-n:]) for i, x in enumerate(self.losses) if x}
 
 
+@dataclass
+class _Job:
+    """One training job's state once set up: the settings as resolved (``frozen_gemm`` is the path taken), the model
+    with its stacked LoRA, and each adapter's examples and stream."""
+
+    settings: TrainSettings
+    adapters: list[int]
+    tokenizer: Any
+    model: Any
+    lora: Any
+    dtype: Any
+    examples: list[list[dict[str, list[int]]]]
+    streams: list[list[int]]
+    frozen_gemm: dict[str, Any]
+
+
 def train_adapters(
     base_dir: str | os.PathLike[str],
     subsets: Mapping[int, str | os.PathLike[str]],
@@ -344,14 +211,32 @@ def train_adapters(
 
     ``on_step`` is called after every step (benchmarks time the loop with it).
     """
-    import torch
-    from tqdm import tqdm
-
-    from .cuda_graphs import StepGraphs, graphed
-    from .fused import fuse_elementwise
-    from .packing import pack, row_losses, use_packed_attention
     from .stacked_adamw import StackedAdamW
-    from .stacked_lora import LoraShape, StackedLora, save_peft_adapter
+
+    job = _set_up(base_dir, subsets, settings)
+    settings = job.settings
+    optimizer = StackedAdamW(job.lora.parameters(), len(job.adapters), betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                             max_grad_norm=settings.max_grad_norm)
+    schedules = [lr_factors(settings.lr_scheduler, settings.warmup_steps, math.ceil(len(s) / settings.grad_accum)) for s in job.streams]
+    losses: list[list[float]] = [[] for _ in job.adapters]
+    ckpt = Path(checkpoint_dir)
+    start = 0
+    if (found := prepare_checkpoints(ckpt, fingerprint(settings, subsets, base_dir))) is not None:
+        start, losses = resume(found, job.lora, optimizer)
+    _run(job, optimizer, schedules, losses, start, ckpt, on_step)
+    for i, k in enumerate(job.adapters):
+        _write_adapter(job, i, losses[i], schedules[i], base_dir, out_dirs[k])
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return job.lora
+
+
+def _set_up(base_dir: str | os.PathLike[str], subsets: Mapping[int, str | os.PathLike[str]], settings: TrainSettings) -> _Job:
+    """Seed, load the base once, encode every adapter's subset and stream, and stack the K adapters' LoRA over it."""
+    import torch
+
+    from .fused import fuse_elementwise
+    from .packing import use_packed_attention
+    from .stacked_lora import LoraShape, StackedLora
 
     if settings.batch_size != 1:
         raise ValueError(f"train.batch_size {settings.batch_size}: each adapter trains on one example per step (the recipe's "
@@ -387,41 +272,25 @@ def train_adapters(
     settings = replace(settings, frozen_gemm=frozen_gemm["path"])  # the path taken: a checkpoint resumes only on the same
     model.train()
     _log_setup(model, lora, adapters, on_gpu)
+    return _Job(settings, adapters, tokenizer, model, lora, dtype, examples, streams, frozen_gemm)
 
-    optimizer = StackedAdamW(lora.parameters(), len(adapters), betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                             max_grad_norm=settings.max_grad_norm)
-    schedules = [lr_factors(settings.lr_scheduler, settings.warmup_steps, math.ceil(len(s) / settings.grad_accum)) for s in streams]
-    losses: list[list[float]] = [[] for _ in adapters]
-    ckpt = Path(checkpoint_dir)
-    start = 0
-    if (resume := _prepare_checkpoints(ckpt, fingerprint(settings, subsets, base_dir))) is not None:
-        state = torch.load(resume / "state.pt", weights_only=False)
-        for i in range(len(adapters)):
-            lora.load_state(i, state["lora"][i])
-        optimizer.load_state_dict(state["optimizer"])
-        losses = state["losses"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        start = state["step"]
-        log.info("resuming from %s (step %d)", resume, start)
 
-    device = model.get_input_embeddings().weight.device
-    body, head = model.base_model, model.get_output_embeddings()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+def _run(job: _Job, optimizer: Any, schedules: Sequence[Sequence[float]], losses: list[list[float]], start: int,
+         ckpt: Path, on_step: Callable[[StepStats], None] | None) -> None:
+    """Steps ``start`` … the longest stream's end: pack, forward and backward, the optimizer step of the adapters whose
+    window ends, the losses read back every ``logging_steps``, a checkpoint every ``save_steps``."""
+    from tqdm import tqdm
+
+    from .cuda_graphs import StepGraphs, graphed
+    from .packing import pack
+
+    settings, adapters, streams, examples = job.settings, job.adapters, job.streams, job.examples
+    device = job.model.get_input_embeddings().weight.device
+    pad_id = job.tokenizer.pad_token_id if job.tokenizer.pad_token_id is not None else 0
     total_steps = max(len(s) for s in streams)
     loss_log = _LossLog(adapters, losses, settings.learning_rate)
-
-    def forward_backward(batch: Any) -> Any:
-        """The rows' losses ([R], detached: nothing of the step's autograd graph outlives it, which a CUDA graph
-        capture of the next step needs); their gradients are added to the adapters' (the optimizer steps outside)."""
-        with lora.tokens(batch.token_adapter, batch.adapter_ends):  # through the backward too: gradient checkpointing reruns the forward there
-            hidden = body(input_ids=batch.input_ids, position_ids=batch.position_ids, **batch.attention_kwargs()).last_hidden_state
-            row_loss = row_losses(head(hidden[0, batch.label_at]), batch)
-            (row_loss.sum() / settings.grad_accum).backward()
-        return row_loss.detach()
-
-    step_fn = graphed(forward_backward, {p.device for p in model.parameters()}, dtype) if settings.cuda_graphs else forward_backward
+    forward_backward = _forward_backward(job)
+    step_fn = graphed(forward_backward, {p.device for p in job.model.parameters()}, job.dtype) if settings.cuda_graphs else forward_backward
     real = padded = 0
     began = time.perf_counter()
     bar = tqdm(total=total_steps, initial=start, desc=f"train adapters {adapters[0]}-{adapters[-1]}", unit="step", mininterval=1.0)
@@ -446,26 +315,47 @@ def train_adapters(
                               batch.real_tokens, batch.total_tokens - batch.real_tokens))
         if (step + 1) % settings.save_steps == 0 and step + 1 < total_steps:
             loss_log.flush(total_steps)
-            _save_checkpoint(ckpt, step + 1, lora, optimizer, losses)
+            save_checkpoint(ckpt, step + 1, job.lora, optimizer, losses)
     bar.close()
-    elapsed = time.perf_counter() - began
     log.info("training done: %d steps in %.1f s; %d real tokens, %.1f %% of the streams' tokens were bucket padding",
-             total_steps - start, elapsed, real, 100 * padded / max(real + padded, 1))
+             total_steps - start, time.perf_counter() - began, real, 100 * padded / max(real + padded, 1))
     if isinstance(step_fn, StepGraphs):
         log.info("CUDA graphs: %d stream shapes captured, %d of %d steps replayed", len(step_fn.graphs), step_fn.replays, total_steps - start)
 
-    for i, k in enumerate(adapters):
-        with atomic_directory(out_dirs[k]) as tmp:
-            save_peft_adapter(lora, i, tmp, base_dir)
-            write_loss_curve(tmp / LOSS_CURVE, loss_curve(k, losses[i], settings.logging_steps, settings.grad_accum,
-                                                          settings.learning_rate, schedules[i]))
-            (tmp / "logivote_train.json").write_text(json.dumps(
-                {"adapter": k, "settings": asdict(settings), "frozen_gemm": frozen_gemm, "examples": len(examples[i]), "steps": len(streams[i]),
-                 "job_adapters": adapters, "final_loss": sum(losses[i][-10:]) / max(len(losses[i][-10:]), 1)},
-                indent=1, default=str) + "\n")
-        log.info("adapter %d written to %s", k, out_dirs[k])
-    shutil.rmtree(ckpt, ignore_errors=True)
-    return lora
+
+def _forward_backward(job: _Job) -> Callable[[Any], Any]:
+    """One step's forward and backward over a packed batch: returns the rows' losses ([R], detached: nothing of the
+    step's autograd graph outlives it, which a CUDA graph capture of the next step needs); their gradients are added
+    to the adapters' (the optimizer steps outside)."""
+    from .packing import row_losses
+
+    body, head, lora, grad_accum = job.model.base_model, job.model.get_output_embeddings(), job.lora, job.settings.grad_accum
+
+    def forward_backward(batch: Any) -> Any:
+        with lora.tokens(batch.token_adapter, batch.adapter_ends):  # through the backward too: gradient checkpointing reruns the forward there
+            hidden = body(input_ids=batch.input_ids, position_ids=batch.position_ids, **batch.attention_kwargs()).last_hidden_state
+            row_loss = row_losses(head(hidden[0, batch.label_at]), batch)
+            (row_loss.sum() / grad_accum).backward()
+        return row_loss.detach()
+
+    return forward_backward
+
+
+def _write_adapter(job: _Job, i: int, losses: Sequence[float], schedule: Sequence[float], base_dir: str | os.PathLike[str],
+                   out_dir: str | os.PathLike[str]) -> None:
+    """Adapter ``i`` of the job as a peft folder with its loss curve and training record, under its final name only when whole."""
+    from .stacked_lora import save_peft_adapter
+
+    settings, k = job.settings, job.adapters[i]
+    with atomic_directory(out_dir) as tmp:
+        save_peft_adapter(job.lora, i, tmp, base_dir)
+        write_loss_curve(tmp / LOSS_CURVE, loss_curve(k, losses, settings.logging_steps, settings.grad_accum,
+                                                      settings.learning_rate, schedule))
+        (tmp / "logivote_train.json").write_text(json.dumps(
+            {"adapter": k, "settings": asdict(settings), "frozen_gemm": job.frozen_gemm, "examples": len(job.examples[i]),
+             "steps": len(job.streams[i]), "job_adapters": job.adapters, "final_loss": sum(losses[-10:]) / max(len(losses[-10:]), 1)},
+            indent=1, default=str) + "\n")
+    log.info("adapter %d written to %s", k, out_dir)
 
 
 def _choose_frozen_gemm(choice: str, lora: Any, device: Any) -> dict[str, Any]:
@@ -531,34 +421,3 @@ def train_adapter(
 ) -> Any:
     """One adapter: :func:`train_adapters` with K = 1."""
     return train_adapters(base_dir, {0: subset_path}, {0: out_dir}, checkpoint_dir, settings, on_step)
-
-
-def job_adapters(job: int, n_subsets: int, per_job: int) -> list[int]:
-    """The adapters training job ``job`` holds: ``per_job`` consecutive ones (the last job may hold fewer)."""
-    return list(range(job * per_job, min(n_subsets, (job + 1) * per_job)))
-
-
-def train_lora_job(
-    base_dir: str,
-    subset_paths: Sequence[str],
-    job_dir: str,
-    checkpoint_dir: str,
-    section: dict[str, Any],
-    adapters: Sequence[int],
-    threads: int,
-    gpus: int,
-) -> None:
-    """The ``train_lora`` rule: hold ``gpus`` GPUs of our own, then train this job's adapters into ``job_dir/{k}``."""
-    from ..gpus import gpu_slots
-
-    settings = replace(TrainSettings.from_config(section), threads=threads, gpus=gpus)
-    with atomic_directory(job_dir) as tmp, gpu_slots(gpus):
-        train_adapters(base_dir, dict(zip(adapters, subset_paths)), {k: tmp / str(k) for k in adapters}, checkpoint_dir, settings)
-
-
-def link_adapter(job_adapter_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> None:
-    """The ``adapter`` rule: ``results/adapters/{k}`` as hard links to the files its training job wrote (a copy where links fail)."""
-    source = Path(job_adapter_dir)
-    with atomic_directory(out_dir) as tmp:
-        for path in source.iterdir():
-            link_or_copy(path, tmp / path.name)
