@@ -33,8 +33,8 @@ def gptq(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     data = REPO / "resources" / "data"
     files = [root / "train.jsonl", root / "test.jsonl"]
     flatten([Source("t", str(data / "sample_train.jsonl"), "train"), Source("s", str(data / "sample_test.jsonl"), "test")], *files)
-    prepare_base_model({"source": "tiny", "tiny": {"quantize": "gptq-int4", "group_size": 128, "calibration_prompts": 32}},
-                       [str(f) for f in files], str(root / "base"))
+    prepare_base_model(spec={"source": "tiny", "tiny": {"quantize": "gptq-int4", "group_size": 128, "calibration_prompts": 32}},
+                       question_files=[str(f) for f in files], out_dir=str(root / "base"))
     build_from_questions(files, root / "float", TinyShape())  # the same float model, built again (deterministic)
     return {"root": root, "base": root / "base", "float": root / "float", "train": files[0]}
 

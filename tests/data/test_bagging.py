@@ -56,7 +56,8 @@ def test_write_subset(tmp_path: Path) -> None:
 
     train = tmp_path / "train.jsonl"
     atomic_write_jsonl(train, questions(30))
-    assert write_subset(train, 3, 10, 0.8, tmp_path / "3.jsonl", tmp_path / "3.oob.txt") == (24, 6)
+    assert write_subset(train_path=train, k=3, base_seed=10, fraction=0.8, subset_out=tmp_path / "3.jsonl",
+                        oob_out=tmp_path / "3.oob.txt") == (24, 6)
     keep, oob = draw_subset(questions(30), seed=13, fraction=0.8)
     assert read_questions(tmp_path / "3.jsonl") == keep
     assert read_oob(tmp_path / "3.oob.txt") == oob
@@ -107,7 +108,7 @@ def test_dev_split_holds_out_whole_puzzles_reproducibly(tmp_path: Path) -> None:
     from logivote.data.jsonl import atomic_write_jsonl
 
     atomic_write_jsonl(tmp_path / "train.jsonl", questions)
-    write_dev_split(tmp_path / "train.jsonl", 7, 0.0, tmp_path / "pool.jsonl", tmp_path / "dev.jsonl")
+    write_dev_split(train_path=tmp_path / "train.jsonl", seed=7, fraction=0.0, pool_out=tmp_path / "pool.jsonl", dev_out=tmp_path / "dev.jsonl")
     assert (tmp_path / "pool.jsonl").read_bytes() == (tmp_path / "train.jsonl").read_bytes()  # no dev: the recipe's bags
     assert (tmp_path / "dev.jsonl").read_bytes() == b""
 

@@ -134,8 +134,10 @@ def test_evaluate_writes_metrics_and_tables(tmp_path) -> None:  # noqa: ANN001
     atomic_write_jsonl(dev_round2, [{"qid": "q3", "counts": {"A": 1, "C": 5}, "n_valid": 6, "n_invalid": 0},
                                     {"qid": "q4", "counts": {"B": 4}, "n_valid": 4, "n_invalid": 2}])
     out = {name: tmp_path / name for name in ("m.json", "a.tsv", "v.tsv")}
-    metrics = evaluate(oob, dev, str(pool), preds, str(round1), str(round2), *map(str, out.values()), draws=10, seed=1,
-                       dev_questions_path=str(dev_questions), dev_round2_path=str(dev_round2))
+    out_json, out_adapters, out_vote_size = map(str, out.values())
+    metrics = evaluate(oob_paths=oob, dev_paths=dev, pool_path=str(pool), prediction_paths=preds, round1_path=str(round1),
+                       round2_path=str(round2), out_json=out_json, out_adapters=out_adapters, out_vote_size=out_vote_size, draws=10,
+                       seed=1, dev_questions_path=str(dev_questions), dev_round2_path=str(dev_round2))
     # dev round 1: q1 A (2 of 3, strict), q2 B (strict), q3 A by the alphabetical tie-break (1 each), q4 A (1 of 3): 3 of 4 right;
     # round 2 re-asked q3 and q4: q3 becomes C (right), q4 becomes B (wrong): still 3 of 4, two answers changed
     assert metrics["dev"]["round2"] == {"questions": 4, "to_round2": 2, "changed_in_round2": 2,

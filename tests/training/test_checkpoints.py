@@ -12,7 +12,6 @@ import pytest
 pytest.importorskip("torch")
 
 from logivote.training.checkpoints import fingerprint, prepare_checkpoints  # noqa: E402
-
 from logivote.training.settings import TrainSettings  # noqa: E402
 
 

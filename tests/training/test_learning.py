@@ -79,9 +79,9 @@ def test_an_adapter_learns_a_toy_task_its_base_cannot_do(toy: Path, tmp_path: Pa
     base = tmp_path / "base"
     # initializer_range 0.1: at transformers' 0.02 the tiny model's logits are too flat for the loss to fall far
     # (it learns the toy task all the same, but its loss stays near log(vocab) - 2.6; tiny_model.TinyShape)
-    prepare_base_model({"source": "tiny", "tiny": {"quantize": quantize, "group_size": 128, "calibration_prompts": 32,
-                                                   "initializer_range": 0.1}},
-                       [str(toy / "bag.jsonl"), str(toy / "held.jsonl")], str(base))
+    prepare_base_model(spec={"source": "tiny", "tiny": {"quantize": quantize, "group_size": 128, "calibration_prompts": 32,
+                                                        "initializer_range": 0.1}},
+                       question_files=[str(toy / "bag.jsonl"), str(toy / "held.jsonl")], out_dir=str(base))
     losses: list[float] = []
     train_adapters(base, {0: toy / "bag.jsonl"}, {0: tmp_path / "adapter"}, tmp_path / "ckpt", SETTINGS,
                    on_step=lambda stats: losses.append(stats.losses[0]))

@@ -24,7 +24,7 @@ from logivote.data.bagging import write_subset  # noqa: E402
 from logivote.data.flatten import Source, flatten, read_questions  # noqa: E402
 from logivote.data.prompt import encode_example  # noqa: E402
 from logivote.training.loop import train_adapter, train_adapters  # noqa: E402
-from logivote.training.settings import init_seeds, TrainSettings  # noqa: E402
+from logivote.training.settings import TrainSettings, init_seeds  # noqa: E402
 
 from ..conftest import REPO  # noqa: E402
 
@@ -41,7 +41,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     flatten([Source("t", str(root / "sample_train.jsonl"), "train"), Source("s", str(root / "sample_test.jsonl"), "test")],
             root / "train.jsonl", root / "test.jsonl")
     build_from_questions([root / "train.jsonl", root / "test.jsonl"], root / "base", TinyShape())
-    write_subset(root / "train.jsonl", 0, 7, 0.25, root / "subset.jsonl", root / "subset.oob.txt")  # 30 questions
+    write_subset(train_path=root / "train.jsonl", k=0, base_seed=7, fraction=0.25, subset_out=root / "subset.jsonl",
+                 oob_out=root / "subset.oob.txt")  # 30 questions
     return {"root": root, "base": root / "base", "subset": root / "subset.jsonl"}
 
 
@@ -94,7 +95,8 @@ def subsets(tiny: dict[str, Path], fractions: dict[int, float]) -> dict[int, Pat
     out = {}
     for k, fraction in fractions.items():
         out[k] = tiny["root"] / f"bag{k}-{fraction}.jsonl"
-        write_subset(tiny["root"] / "train.jsonl", k, 100 + k, fraction, out[k], tiny["root"] / f"bag{k}-{fraction}.oob.txt")
+        write_subset(train_path=tiny["root"] / "train.jsonl", k=k, base_seed=100 + k, fraction=fraction, subset_out=out[k],
+                     oob_out=tiny["root"] / f"bag{k}-{fraction}.oob.txt")
     return out
 
 
@@ -154,9 +156,9 @@ def test_float32_training_in_one_job_stays_close_to_training_alone(tiny: dict[st
 
 def test_rows_of_a_stream_get_their_own_gradients(tiny: dict[str, Path]) -> None:
     """float32, one step: each adapter's gradient from a packed stream of 3 rows is its example's gradient alone."""
+    from logivote.training.loop import encode_subset, load_base
     from logivote.training.packing import pack, row_losses, use_packed_attention
     from logivote.training.stacked_lora import LoraShape, StackedLora
-    from logivote.training.loop import encode_subset, load_base
 
     tokenizer, model = load_base(tiny["base"], torch.float32, on_gpu=False)
     model.requires_grad_(False)

@@ -101,7 +101,7 @@ def test_rule_scripts_import_only_what_their_env_has(env_file: str) -> None:
     imports = set()
     for script in RULE_ENVS[env_file]:
         imports |= set(re.findall(r"^from (logivote[\w.]*) import", (REPO / "workflow/scripts" / script).read_text(), re.M))
-    code = ("import sys\nfor m in %r: sys.modules[m] = None\n" % missing) + "".join(f"import {m}\n" for m in sorted(imports))
+    code = f"import sys\nfor m in {missing!r}: sys.modules[m] = None\n" + "".join(f"import {m}\n" for m in sorted(imports))
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, f"{env_file} lacks {missing}; its rules' scripts {sorted(RULE_ENVS[env_file])}:\n{run.stderr}"
 

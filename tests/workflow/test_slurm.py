@@ -2,8 +2,9 @@
 
 ``.test/slurm/cluster.sh`` brings up munge, MariaDB, slurmdbd, slurmctld and slurmd on this machine
 (one node, two fake GPUs as GRES) in a private folder, and Snakemake's SLURM executor plugin submits
-the heavy jobs (base_model, train_lora, predict, revote) with sbatch; the data steps are local rules. Where the cluster cannot start (not root, Debian's packages or the ``slurm``
-extra missing) the tests are skipped with the way to enable them; CI sets ``LOGIVOTE_REQUIRE_SLURM=1``,
+the heavy jobs (base_model, train_lora, predict, revote) with sbatch; the data steps are local rules.
+Where the cluster cannot start (not root, Debian's packages or the ``slurm`` extra missing)
+the tests are skipped with the way to enable them; CI sets ``LOGIVOTE_REQUIRE_SLURM=1``,
 and there a missing prerequisite fails instead.
 """
 

@@ -5,8 +5,8 @@ from logivote.serving.inference import shard_adapters
 from logivote.base.models import model_dir
 from logivote.training.job import job_adapters
 
-
 validate(config, schema="../schemas/config.schema.yaml")
+
 
 wildcard_constraints:
     k=r"\d+",
@@ -27,7 +27,10 @@ def job_of(k):
 
 def job_subsets(wildcards):
     """The subsets of the adapters training job {job} holds."""
-    return [f"results/subsets/{k}.jsonl" for k in job_adapters(int(wildcards.job), N_SUBSETS, ADAPTERS_PER_JOB)]
+    return [
+        f"results/subsets/{k}.jsonl"
+        for k in job_adapters(int(wildcards.job), N_SUBSETS, ADAPTERS_PER_JOB)
+    ]
 
 
 def adapter_job_dir(wildcards):
@@ -57,7 +60,11 @@ def base_model_inputs():
 
 def base_model_gpus():
     """The tiny base is quantized on a GPU with base_model.tiny.gpus: 1; nothing else in the rule needs one."""
-    return config["base_model"].get("tiny", {}).get("gpus", 0) if config["base_model"]["source"] == "tiny" else 0
+    return (
+        config["base_model"].get("tiny", {}).get("gpus", 0)
+        if config["base_model"]["source"] == "tiny"
+        else 0
+    )
 
 
 def adapter_dirs():
@@ -89,8 +96,14 @@ def bag_source():
 # serve.shards predict jobs, each with its own server and a share of the adapters (logivote.serving.inference.shard_adapters)
 SHARDS = config["serve"].get("shards", 1)
 if not 1 <= SHARDS <= N_SUBSETS:
-    raise ValueError(f"serve.shards is {SHARDS}: it must be between 1 and bagging.n_subsets ({N_SUBSETS})")
-SHARD_OF = {k: shard for shard in range(SHARDS) for k in shard_adapters(shard, N_SUBSETS, SHARDS)}
+    raise ValueError(
+        f"serve.shards is {SHARDS}: it must be between 1 and bagging.n_subsets ({N_SUBSETS})"
+    )
+SHARD_OF = {
+    k: shard
+    for shard in range(SHARDS)
+    for k in shard_adapters(shard, N_SUBSETS, SHARDS)
+}
 
 
 def shard_subsets(wildcards):
@@ -111,10 +124,24 @@ def predict_eval_inputs(wildcards):
     """What predict shard {shard} reads to ask out-of-bag and dev questions too."""
     if not EVALUATION:
         return {}
-    return {"pool": "results/data/pool.jsonl", "dev": "results/data/dev.jsonl",
-            "oob": [f"results/subsets/{k}.oob.txt" for k in shard_subsets(wildcards)]}
+    return {
+        "pool": "results/data/pool.jsonl",
+        "dev": "results/data/dev.jsonl",
+        "oob": [f"results/subsets/{k}.oob.txt" for k in shard_subsets(wildcards)],
+    }
 
 
 def all_input():
-    plots = expand("results/eval/plots/{name}.svg", name=["adapter_accuracy", "vote_size", "vote_share_accuracy", "round1_vote_share", "agreement"])
-    return ["results/submission.jsonl", "results/plots/loss_curves.svg"] + (["results/eval/metrics.json", *plots] if EVALUATION else [])
+    plots = expand(
+        "results/eval/plots/{name}.svg",
+        name=[
+            "adapter_accuracy",
+            "vote_size",
+            "vote_share_accuracy",
+            "round1_vote_share",
+            "agreement",
+        ],
+    )
+    return ["results/submission.jsonl", "results/plots/loss_curves.svg"] + (
+        ["results/eval/metrics.json", *plots] if EVALUATION else []
+    )

@@ -1,19 +1,20 @@
 # Stage 1, data (logivote.data): the raw puzzles flattened to one question per line, the dev puzzles held out,
 # and the seeded 80 % bags, one per adapter (recipe steps 1 and 2).
 
+
 rule flatten:
     input:
         source_paths(),
     output:
         train="results/data/train.jsonl",
         test="results/data/test.jsonl",
-    params:
-        sources=config["sources"],
-    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
     log:
         "logs/flatten.log",
+    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
     conda:
         "../../envs/data.yaml"
+    params:
+        sources=config["sources"],
     script:
         "../scripts/flatten.py"
 
@@ -24,14 +25,14 @@ rule dev_split:
     output:
         pool="results/data/pool.jsonl",
         dev="results/data/dev.jsonl",
+    log:
+        "logs/dev_split.log",
+    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
+    conda:
+        "../../envs/data.yaml"
     params:
         seed=config["evaluation"]["seed"],
         fraction=config["evaluation"]["dev_fraction"],
-    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
-    log:
-        "logs/dev_split.log",
-    conda:
-        "../../envs/data.yaml"
     script:
         "../scripts/dev_split.py"
 
@@ -42,13 +43,13 @@ rule subset:
     output:
         subset="results/subsets/{k}.jsonl",
         oob="results/subsets/{k}.oob.txt",
+    log:
+        "logs/subset/{k}.log",
+    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
+    conda:
+        "../../envs/data.yaml"
     params:
         fraction=config["bagging"]["fraction"],
         base_seed=config["bagging"]["base_seed"],
-    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
-    log:
-        "logs/subset/{k}.log",
-    conda:
-        "../../envs/data.yaml"
     script:
         "../scripts/subset.py"

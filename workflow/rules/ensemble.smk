@@ -1,19 +1,20 @@
 # Stage 4, ensemble (logivote.ensemble): the adapters' answers become votes and the submission (recipe step 5),
 # and, with evaluation on, the metrics and their plots.
 
+
 rule vote:
     input:
         predictions=prediction_files(),
         test="results/data/test.jsonl",
     output:
         "results/votes/round1.jsonl",
-    params:
-        subsets=SUBSETS,
-    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
     log:
         "logs/vote.log",
+    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
     conda:
         "../../envs/data.yaml"
+    params:
+        subsets=SUBSETS,
     script:
         "../scripts/vote.py"
 
@@ -25,9 +26,9 @@ rule submission:
         round2="results/votes/round2.jsonl",
     output:
         "results/submission.jsonl",
-    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
     log:
         "logs/submission.log",
+    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
     conda:
         "../../envs/data.yaml"
     script:
@@ -47,17 +48,25 @@ rule evaluate:
         serving=SERVING_RECORD,
     output:
         metrics="results/eval/metrics.json",
-        adapters=report("results/eval/adapters.tsv", caption="../report/adapters_table.rst", category="Evaluation"),
-        vote_size=report("results/eval/vote_size.tsv", caption="../report/vote_size_table.rst", category="Evaluation"),
+        adapters=report(
+            "results/eval/adapters.tsv",
+            caption="../report/adapters_table.rst",
+            category="Evaluation",
+        ),
+        vote_size=report(
+            "results/eval/vote_size.tsv",
+            caption="../report/vote_size_table.rst",
+            category="Evaluation",
+        ),
+    log:
+        "logs/evaluate.log",
+    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
+    conda:
+        "../../envs/data.yaml"
     params:
         subsets=SUBSETS,
         draws=config["evaluation"]["vote_size_draws"],
         seed=config["evaluation"]["seed"],
-    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
-    log:
-        "logs/evaluate.log",
-    conda:
-        "../../envs/data.yaml"
     script:
         "../scripts/evaluate.py"
 
@@ -66,14 +75,34 @@ rule plots:
     input:
         "results/eval/metrics.json",
     output:
-        adapter_accuracy=report("results/eval/plots/adapter_accuracy.svg", caption="../report/adapter_accuracy.rst", category="Evaluation"),
-        vote_size=report("results/eval/plots/vote_size.svg", caption="../report/vote_size.rst", category="Evaluation"),
-        vote_share_accuracy=report("results/eval/plots/vote_share_accuracy.svg", caption="../report/vote_share_accuracy.rst", category="Evaluation"),
-        round1_vote_share=report("results/eval/plots/round1_vote_share.svg", caption="../report/round1_vote_share.rst", category="Test set"),
-        agreement=report("results/eval/plots/agreement.svg", caption="../report/agreement.rst", category="Test set"),
-    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
+        adapter_accuracy=report(
+            "results/eval/plots/adapter_accuracy.svg",
+            caption="../report/adapter_accuracy.rst",
+            category="Evaluation",
+        ),
+        vote_size=report(
+            "results/eval/plots/vote_size.svg",
+            caption="../report/vote_size.rst",
+            category="Evaluation",
+        ),
+        vote_share_accuracy=report(
+            "results/eval/plots/vote_share_accuracy.svg",
+            caption="../report/vote_share_accuracy.rst",
+            category="Evaluation",
+        ),
+        round1_vote_share=report(
+            "results/eval/plots/round1_vote_share.svg",
+            caption="../report/round1_vote_share.rst",
+            category="Test set",
+        ),
+        agreement=report(
+            "results/eval/plots/agreement.svg",
+            caption="../report/agreement.rst",
+            category="Test set",
+        ),
     log:
         "logs/plots.log",
+    localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)
     conda:
         "../../envs/data.yaml"
     script:

@@ -1,6 +1,7 @@
 # Stage 5, serving (logivote.serving): vLLM servers with the adapters on them, asked every question (recipe
 # step 4), and round 2's samples for the questions without a strict majority (step 5).
 
+
 rule predict:
     input:
         unpack(predict_eval_inputs),
@@ -9,6 +10,17 @@ rule predict:
         test="results/data/test.jsonl",
     output:
         directory("results/predict_shards/{shard}"),
+    log:
+        main="logs/predict/{shard}.log",
+        server="logs/vllm/predict/{shard}.log",
+    benchmark:
+        "benchmarks/predict/{shard}.tsv"
+    conda:
+        env_file("serve")
+    threads: config["serve"]["threads"]
+    resources:
+        gpu=config["serve"]["gpus"],
+        mem_mb=config["serve"]["mem_mb"],
     params:
         evaluation=EVALUATION,
         subsets=lambda wildcards: shard_subsets(wildcards),
@@ -17,17 +29,6 @@ rule predict:
         cache=lambda wildcards: shard_cache(ANSWER_CACHE, int(wildcards.shard), SHARDS),
         # one server holds every adapter: it asks round 2 ahead, and revote starts none (logivote.serving.inference.predict)
         round2=config["vote"] if SHARDS == 1 else None,
-    threads: config["serve"]["threads"]
-    resources:
-        gpu=config["serve"]["gpus"],
-        mem_mb=config["serve"]["mem_mb"],
-    log:
-        main="logs/predict/{shard}.log",
-        server="logs/vllm/predict/{shard}.log",
-    benchmark:
-        "benchmarks/predict/{shard}.tsv"
-    conda:
-        env_file("serve")
     script:
         "../scripts/predict.py"
 
@@ -39,9 +40,9 @@ rule link_prediction:
         prediction="results/predictions/{k}.jsonl",
         oob=["results/eval/oob/{k}.jsonl"] if EVALUATION else [],
         dev=["results/eval/dev/{k}.jsonl"] if EVALUATION else [],
-    localrule: True  # hard links: never worth a cluster job
     log:
         "logs/link_prediction/{k}.log",
+    localrule: True  # hard links: never worth a cluster job
     conda:
         "../../envs/data.yaml"
     script:
@@ -53,9 +54,9 @@ rule serving_record:
         expand("results/predict_shards/{shard}", shard=range(SHARDS)),
     output:
         SERVING_RECORD,
-    localrule: True  # one small JSON file
     log:
         "logs/serving_record.log",
+    localrule: True  # one small JSON file
     conda:
         "../../envs/data.yaml"
     script:
@@ -73,17 +74,6 @@ rule revote:
     output:
         round2="results/votes/round2.jsonl",
         dev_round2=["results/eval/dev_round2.jsonl"] if EVALUATION else [],
-    params:
-        evaluation=EVALUATION,
-        subsets=SUBSETS,
-        serve=config["serve"],
-        client=config["client"],
-        vote=config["vote"],
-        cache=ANSWER_CACHE,
-    threads: config["serve"]["threads"]
-    resources:
-        gpu=config["serve"]["gpus"],
-        mem_mb=config["serve"]["mem_mb"],
     log:
         main="logs/revote.log",
         server="logs/vllm/revote.log",
@@ -91,5 +81,16 @@ rule revote:
         "benchmarks/revote.tsv"
     conda:
         env_file("serve")
+    threads: config["serve"]["threads"]
+    resources:
+        gpu=config["serve"]["gpus"],
+        mem_mb=config["serve"]["mem_mb"],
+    params:
+        evaluation=EVALUATION,
+        subsets=SUBSETS,
+        serve=config["serve"],
+        client=config["client"],
+        vote=config["vote"],
+        cache=ANSWER_CACHE,
     script:
         "../scripts/revote.py"

@@ -7,14 +7,14 @@ with log_to(snakemake.log.main):
     if snakemake.params.evaluation:
         evaluation = EvalInputs(pool=snakemake.input.pool, dev=snakemake.input.dev, oob=dict(zip(subsets, snakemake.input.oob)))
     predict_shard(
-        snakemake.input.base,
-        dict(zip(subsets, snakemake.input.adapters)),
-        snakemake.input.test,
-        snakemake.output[0],
-        snakemake.params.cache,
-        snakemake.params.serve,
-        snakemake.params.client,
-        snakemake.log.server,
-        evaluation,
+        base_dir=snakemake.input.base,
+        adapter_dirs=dict(zip(subsets, snakemake.input.adapters)),
+        test_path=snakemake.input.test,
+        shard_dir=snakemake.output[0],
+        cache_path=snakemake.params.cache,
+        serve=snakemake.params.serve,
+        client=snakemake.params.client,
+        server_log=snakemake.log.server,
+        evaluation=evaluation,
         round2=snakemake.params.round2,
     )

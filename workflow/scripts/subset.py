@@ -3,10 +3,10 @@ from logivote.logs import log_to
 
 with log_to(snakemake.log[0]):
     write_subset(
-        snakemake.input[0],
-        int(snakemake.wildcards.k),
-        snakemake.params.base_seed,
-        snakemake.params.fraction,
-        snakemake.output.subset,
-        snakemake.output.oob,
+        train_path=snakemake.input[0],
+        k=int(snakemake.wildcards.k),
+        base_seed=snakemake.params.base_seed,
+        fraction=snakemake.params.fraction,
+        subset_out=snakemake.output.subset,
+        oob_out=snakemake.output.oob,
     )

@@ -3,7 +3,7 @@ from logivote.logs import log_to
 
 with log_to(snakemake.log[0]):
     vote(
-        snakemake.input.test,
-        dict(zip(snakemake.params.subsets, snakemake.input.predictions)),
-        snakemake.output[0],
+        test_path=snakemake.input.test,
+        prediction_paths=dict(zip(snakemake.params.subsets, snakemake.input.predictions)),
+        out_path=snakemake.output[0],
     )

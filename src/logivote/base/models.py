@@ -67,7 +67,7 @@ def tiny_settings(tiny: dict[str, Any]) -> tuple[PretrainSettings, QuantizeSetti
     return pretraining, quant, shape
 
 
-def prepare_base_model(spec: dict[str, Any], question_files: Sequence[str], out_dir: str, threads: int | None = None) -> None:
+def prepare_base_model(*, spec: dict[str, Any], question_files: Sequence[str], out_dir: str, threads: int | None = None) -> None:
     """The ``base_model`` rule: build the tiny model (on ``threads`` CPU threads) or download the configured one."""
     source = spec["source"]
     if source == "tiny":

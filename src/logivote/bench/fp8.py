@@ -131,10 +131,10 @@ class LinearErrors:
 def main(argv: list[str] | None = None) -> None:
     from logivote.training import fp8_frozen
     from logivote.training.fused import fuse_elementwise
-    from logivote.training.packing import pack, row_losses, use_packed_attention
-    from logivote.training.stacked_lora import LoraShape, StackedLora
     from logivote.training.loop import encode_subset, load_base, use_expandable_segments
+    from logivote.training.packing import pack, row_losses, use_packed_attention
     from logivote.training.settings import RECIPE_TARGETS
+    from logivote.training.stacked_lora import LoraShape, StackedLora
 
     from .full_depth import QWEN32B, build_random_gptq
     from .multi_adapter import LENGTHS, synthetic_subset

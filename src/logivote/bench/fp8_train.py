@@ -27,9 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from logivote.data.contracts import LOSS_CURVE, read_loss_curve
-
     from logivote.training.loop import train_adapters
-
     from logivote.training.settings import TrainSettings
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

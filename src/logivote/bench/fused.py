@@ -10,7 +10,8 @@ outputs and input gradients against eager (bf16 rounding, not bit for bit: the f
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

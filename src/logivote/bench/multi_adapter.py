@@ -151,14 +151,15 @@ def run_multi(base: Path, subsets: dict[int, Path], workdir: Path, steps: int, p
         torch.cuda.reset_peak_memory_stats()
     clock = Profiled(warmup) if profile else Clock(warmup)
     tag = f"k{len(subsets)}-{time.time_ns()}"
-    train_adapters(base, subsets, {k: workdir / tag / str(k) for k in subsets}, workdir / f"ckpt-{tag}", settings_for(on_gpu, steps, bucket, gradient_checkpointing, lora_dropout, cuda_graphs, frozen_gemm),
-                   on_step=clock)
+    settings = settings_for(on_gpu, steps, bucket, gradient_checkpointing, lora_dropout, cuda_graphs, frozen_gemm)
+    train_adapters(base, subsets, {k: workdir / tag / str(k) for k in subsets}, workdir / f"ckpt-{tag}", settings, on_step=clock)
     result = {**summarize(clock, base, peak, len(subsets)), "bucket_tokens": bucket, "gradient_checkpointing": gradient_checkpointing,
               "lora_dropout": lora_dropout, "lora_gemm": stacked_lora.LORA_GEMM, "fuse_elementwise": fused.FUSE_ELEMENTWISE,
               "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), "cuda_graphs": cuda_graphs, "untimed_steps": warmup,
               "frozen_gemm": frozen_gemm}
     if profile:
-        print(f"--- profile, K={len(subsets)}, steps 11-13: {clock.wall_ms:.1f} ms per step, GPU busy {clock.gpu_busy_ms:.1f} ms per step\n{clock.table}", flush=True)
+        print(f"--- profile, K={len(subsets)}, steps 11-13: {clock.wall_ms:.1f} ms per step, GPU busy {clock.gpu_busy_ms:.1f} ms per step",
+              clock.table, sep="\n", flush=True)
         result.update(profiled_step_ms=clock.wall_ms, gpu_busy_ms_per_step=clock.gpu_busy_ms)
     return result
 

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def shuffle_key(seed: int, qid: str) -> str:
-    return hashlib.sha256(f"{seed}:{qid}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{seed}:{qid}".encode()).hexdigest()
 
 
 def subset_size(n: int, fraction: float) -> int:
@@ -44,6 +44,7 @@ def draw_subset(questions: Sequence[Question], seed: int, fraction: float) -> tu
 
 
 def write_subset(
+    *,
     train_path: str | os.PathLike[str],
     k: int,
     base_seed: int,
@@ -78,7 +79,7 @@ def split_dev(questions: Sequence[Question], seed: int, fraction: float) -> tupl
     return [q for q in questions if q["puzzle_id"] not in held], [q for q in questions if q["puzzle_id"] in held]
 
 
-def write_dev_split(train_path: str | os.PathLike[str], seed: int, fraction: float,
+def write_dev_split(*, train_path: str | os.PathLike[str], seed: int, fraction: float,
                     pool_out: str | os.PathLike[str], dev_out: str | os.PathLike[str]) -> tuple[int, int]:
     """Rule ``dev_split``: ``results/data/pool.jsonl`` (what the bags draw from) and ``results/data/dev.jsonl``."""
     pool, dev = split_dev(read_questions(train_path), seed, fraction)

@@ -258,7 +258,7 @@ def round2_value(dev_questions: Sequence[Mapping[str, Any]], dev: Answers, dev_r
     }
 
 
-def evaluate(oob_paths: Mapping[int, str], dev_paths: Mapping[int, str], pool_path: str, prediction_paths: Mapping[int, str],
+def evaluate(*, oob_paths: Mapping[int, str], dev_paths: Mapping[int, str], pool_path: str, prediction_paths: Mapping[int, str],
              round1_path: str, round2_path: str, out_json: str, out_adapters: str, out_vote_size: str,
              draws: int = 100, seed: int = 0, dev_questions_path: str | None = None, dev_round2_path: str | None = None,
              serving_path: str | None = None) -> dict[str, Any]:

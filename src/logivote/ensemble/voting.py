@@ -161,7 +161,7 @@ def write_submission(questions: Sequence[Question], answers: Mapping[str, str | 
     return n
 
 
-def vote(test_path: str, prediction_paths: Mapping[int, str], out_path: str) -> list[Round1Row]:
+def vote(*, test_path: str, prediction_paths: Mapping[int, str], out_path: str) -> list[Round1Row]:
     """Rule ``vote``: the round-1 table."""
     questions = read_questions(test_path)
     table = {adapter_name(k): {qid: p["answer"] for qid, p in read_predictions(path).items()} for k, path in prediction_paths.items()}
@@ -172,7 +172,7 @@ def vote(test_path: str, prediction_paths: Mapping[int, str], out_path: str) -> 
     return rows
 
 
-def submission(test_path: str, round1_path: str, round2_path: str, out_path: str) -> None:
+def submission(*, test_path: str, round1_path: str, round2_path: str, out_path: str) -> None:
     """Rule ``submission``: final answers (rule in :mod:`logivote.ensemble.voting`) in the competition format."""
     answers = final_answers(read_rows(round1_path), read_rows(round2_path))  # type: ignore[arg-type]
     write_submission(read_questions(test_path), answers, out_path)

@@ -289,7 +289,7 @@ class ShardLayout:
         return self.root / "serving.json"
 
 
-def predict_shard(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, shard_dir: str, cache_path: str,
+def predict_shard(*, base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, shard_dir: str, cache_path: str,
                   serve: dict[str, Any], client: dict[str, Any], server_log: str, evaluation: EvalInputs | None = None,
                   round2: dict[str, Any] | None = None) -> None:
     """Rule ``predict``: one shard of the predict phase (its adapters, one server) into ``shard_dir``, written whole or not at all."""
@@ -309,8 +309,8 @@ def predict_shard(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str
                 client, server_log, files, serving_out=str(layout.serving), round2=round2)
 
 
-def link_prediction(shard_dir: str, k: int, prediction: str, oob: str | None = None, dev: str | None = None) -> None:
-    """Rule ``prediction``: adapter ``k``'s files of its shard's folder at their places in ``results/`` (hard links, or copies)."""
+def link_prediction(*, shard_dir: str, k: int, prediction: str, oob: str | None = None, dev: str | None = None) -> None:
+    """Rule ``link_prediction``: adapter ``k``'s files of its shard's folder at their places in ``results/`` (hard links, or copies)."""
     layout = ShardLayout(Path(shard_dir))
     for source, target in ((layout.prediction(k), prediction), (layout.oob(k), oob), (layout.dev(k), dev)):
         if target:
@@ -320,7 +320,7 @@ def link_prediction(shard_dir: str, k: int, prediction: str, oob: str | None = N
 
 
 def merge_serving(shard_dirs: Sequence[str], out_path: str) -> ServingRecord:
-    """Rule ``serving``: the predict phase's serving record; shards that served differently are named, not hidden."""
+    """Rule ``serving_record``: the predict phase's serving record; shards that served differently are named, not hidden."""
     records = [json.loads(ShardLayout(Path(d)).serving.read_text()) for d in shard_dirs]
     merged: ServingRecord = records[0]
     if any(r != records[0] for r in records[1:]):
@@ -361,7 +361,7 @@ def dev_round1(dev_questions: Sequence[Any], greedy: Mapping[int, str]) -> list[
     return tally_round1(table, dev_questions)
 
 
-def revote(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, round1_path: str, out_path: str, cache_path: str,
+def revote(*, base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, round1_path: str, out_path: str, cache_path: str,
            serve: dict[str, Any], client: dict[str, Any], vote_settings: dict[str, Any], server_log: str,
            dev: DevRound2 | None = None) -> list[Round2Row]:
     """Rule ``revote``: re-ask the questions without a strict majority; the round-2 table.

@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Hashable
-from typing import Any
 
 import torch
 

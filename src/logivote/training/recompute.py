@@ -18,7 +18,8 @@ with a policy on the matmul's shapes, passed to transformers' gradient checkpoin
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def keep_matmuls(hidden_size: int, wide: int = 0) -> Callable[[], Any]:
