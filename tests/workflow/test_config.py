@@ -113,6 +113,7 @@ def test_every_config_section_builds_its_settings(config_file: str) -> None:
     """Each key the schema allows in a shipped config is one the code accepts (a dry run never builds these)."""
     import yaml
 
+    from logivote.ensemble.voting import VoteSettings
     from logivote.serving.client import ClientSettings
     from logivote.serving.inference import ServeSettings
     from logivote.training.settings import TrainSettings
@@ -125,7 +126,7 @@ def test_every_config_section_builds_its_settings(config_file: str) -> None:
     from logivote.base.models import tiny_settings
 
     built = {"serve": asdict(ServeSettings(**config["serve"])), "client": asdict(ClientSettings(**config["client"])),
-             "train": asdict(TrainSettings.from_config(config["train"]))}
+             "train": asdict(TrainSettings.from_config(config["train"])), "vote": asdict(VoteSettings(**config["vote"]))}
     for section, settings in built.items():  # every configured value reaches its field unchanged
         given = {k: v for k, v in config[section].items() if k in settings}
         assert given == {k: settings[k] for k in given}, section

@@ -1,5 +1,6 @@
 from snakemake.utils import validate
 
+from logivote.data.contracts import PLOTS
 from logivote.serving.client import shard_cache
 from logivote.serving.inference import shard_adapters
 from logivote.base.models import model_dir
@@ -132,16 +133,7 @@ def predict_eval_inputs(wildcards):
 
 
 def all_input():
-    plots = expand(
-        "results/eval/plots/{name}.svg",
-        name=[
-            "adapter_accuracy",
-            "vote_size",
-            "vote_share_accuracy",
-            "round1_vote_share",
-            "agreement",
-        ],
-    )
+    plots = expand("results/eval/plots/{name}.svg", name=list(PLOTS))
     return ["results/submission.jsonl", "results/plots/loss_curves.svg"] + (
         ["results/eval/metrics.json", *plots] if EVALUATION else []
     )

@@ -75,31 +75,14 @@ rule plots:
     input:
         "results/eval/metrics.json",
     output:
-        adapter_accuracy=report(
-            "results/eval/plots/adapter_accuracy.svg",
-            caption="../report/adapter_accuracy.rst",
-            category="Evaluation",
-        ),
-        vote_size=report(
-            "results/eval/plots/vote_size.svg",
-            caption="../report/vote_size.rst",
-            category="Evaluation",
-        ),
-        vote_share_accuracy=report(
-            "results/eval/plots/vote_share_accuracy.svg",
-            caption="../report/vote_share_accuracy.rst",
-            category="Evaluation",
-        ),
-        round1_vote_share=report(
-            "results/eval/plots/round1_vote_share.svg",
-            caption="../report/round1_vote_share.rst",
-            category="Test set",
-        ),
-        agreement=report(
-            "results/eval/plots/agreement.svg",
-            caption="../report/agreement.rst",
-            category="Test set",
-        ),
+        **{
+            name: report(
+                f"results/eval/plots/{name}.svg",
+                caption=f"../report/{name}.rst",
+                category=category,
+            )
+            for name, category in PLOTS.items()
+        },
     log:
         "logs/plots.log",
     localrule: True  # seconds of CPU on small files: never worth a cluster job (docs/slurm.md)

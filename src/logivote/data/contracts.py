@@ -186,3 +186,14 @@ def read_loss_curve(path: str | os.PathLike[str]) -> list[dict[str, float]]:
     if tuple(header.split("\t")) != LOSS_CURVE_COLUMNS:
         raise ValueError(f"{path}: expected the columns {LOSS_CURVE_COLUMNS}, got {header!r}")
     return [dict(zip(LOSS_CURVE_COLUMNS, map(float, line.split("\t")))) for line in body]
+
+
+#: The evaluation's plots (``results/eval/plots/{name}.svg``, drawn by :mod:`logivote.ensemble.plots`, each a
+#: function of that name) and the report's category of each; the rule ``plots`` and the workflow's targets read this.
+PLOTS = {
+    "adapter_accuracy": "Evaluation",
+    "vote_size": "Evaluation",
+    "vote_share_accuracy": "Evaluation",
+    "round1_vote_share": "Test set",
+    "agreement": "Test set",
+}

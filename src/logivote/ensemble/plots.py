@@ -19,7 +19,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-PLOTS = ("adapter_accuracy", "vote_size", "vote_share_accuracy", "round1_vote_share", "agreement")
+from ..data.contracts import PLOTS  # noqa: E402
 
 
 def _baselines(ax: Any, metrics: Mapping[str, Any]) -> None:

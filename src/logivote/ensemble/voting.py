@@ -25,12 +25,23 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from ..data.contracts import INVALID, Prediction, Question, Round1Row, Round2Row, SubmissionPuzzle, adapter_name, letters_for
 from ..data.flatten import read_questions
 from ..data.jsonl import InputError, atomic_write_jsonl, iter_jsonl, read_rows
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VoteSettings:
+    """Config key ``vote`` (config/README.md): round 2's samples per adapter and question, their temperature, and the
+    base of their seeds."""
+
+    round2_samples: int = 3
+    round2_temperature: float = 0.8
+    seed: int = 2024
 
 
 def read_predictions(path: str | os.PathLike[str]) -> dict[str, Prediction]:

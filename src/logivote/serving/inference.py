@@ -22,35 +22,27 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..data.contracts import EvalPrediction, Prediction, Question, Round1Row, Round2Row, ServingRecord, adapter_name
 from ..data.flatten import read_questions
 from ..data.jsonl import atomic_write_jsonl, atomic_write_text, link_or_copy, read_rows, sha256_file
-from ..ensemble.voting import needs_revote, tally_round1, tally_round2
+from ..ensemble.voting import VoteSettings, needs_revote, tally_round1, tally_round2
 from ..gpus import gpu_slots
 from .client import AnswerCache, Ask, ClientSettings, ask_all
-from .server import ServerError, ServerSpec, VllmServer
+from .server import ServerError, ServerSpec, VllmOptions, VllmServer
 from .serving_path import ServingPath, choose, served_model, server_env, without_quantization_flag
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ServeSettings:
-    """Config key ``serve`` (config/README.md)."""
+@dataclass(frozen=True, kw_only=True)
+class ServeSettings(VllmOptions):
+    """Config key ``serve`` (config/README.md): vLLM's options (:class:`logivote.serving.server.VllmOptions`) and how the
+    workflow runs its servers."""
 
-    dtype: str = "bfloat16"
-    max_model_len: int = 2048
-    max_loras: int = 4
-    max_lora_rank: int = 8
-    prefix_caching: bool = True
-    block_size: int | None = None
-    extra_args: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    health_timeout_s: float = 600.0
     gpus: int = 0
     threads: int = 2
     mem_mb: int = 4000  # host memory of the server job: scheduling only (the rules' resources)
@@ -68,10 +60,8 @@ class ServeSettings:
         env = {k: str(v) for k, v in self.env.items()}
         env.update(server_env(self.cpu_build))
         extra = list(self.extra_args) if path is None or path.weights in ("int4", "float") else without_quantization_flag(list(self.extra_args))
-        return ServerSpec(model=model_dir, adapters=adapters, dtype=path.dtype if path else self.dtype, max_model_len=self.max_model_len,
-                          max_loras=self.max_loras, max_lora_rank=self.max_lora_rank, prefix_caching=self.prefix_caching,
-                          block_size=self.block_size, extra_args=extra, env=env,
-                          health_timeout_s=self.health_timeout_s)
+        options = {**self.vllm_options(), "dtype": path.dtype if path else self.dtype, "extra_args": extra, "env": env}
+        return ServerSpec(model=model_dir, adapters=adapters, **options)
 
 
 def _adapter_fingerprints(base_dir: str, adapters: Mapping[str, str], path: ServingPath) -> dict[str, str]:
@@ -239,7 +229,7 @@ def predict(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, out_
             log.info("round 2 asked ahead in this server phase: %d test and %d dev questions without a strict majority",
                      len(qids), len(dev_qids))
             by_id = {q["qid"]: q for q in [*questions, *dev]}
-            return round2_asks(adapters, prints, by_id, [*qids, *dev_qids], round2)
+            return round2_asks(adapters, prints, by_id, [*qids, *dev_qids], VoteSettings(**round2))
 
     answers = _serve_and_ask(base_dir, adapters, everything, cache_path, settings, path, ClientSettings(**client), server_log,
                              "predict", then)
@@ -338,12 +328,11 @@ def sample_seed(base_seed: int, model: str, qid: str, sample: int) -> int:
 
 
 def round2_asks(adapters: Mapping[str, str], prints: Mapping[str, str], by_id: Mapping[str, Question], qids: Sequence[str],
-                vote_settings: Mapping[str, Any]) -> list[Ask]:
+                vote: VoteSettings) -> list[Ask]:
     """Round 2's asks (config ``vote``): ``round2_samples`` samples at ``round2_temperature`` of each question by every adapter,
     each with its own seed (:func:`sample_seed`); asked by ``revote``, or ahead by ``predict`` with the same keys."""
-    n, temperature, seed = vote_settings["round2_samples"], vote_settings["round2_temperature"], vote_settings["seed"]
-    return [Ask(name, prints[name], by_id[qid], sample=s, temperature=temperature, seed=sample_seed(seed, name, qid, s))
-            for name in adapters for qid in qids for s in range(n)]
+    return [Ask(name, prints[name], by_id[qid], sample=s, temperature=vote.round2_temperature, seed=sample_seed(vote.seed, name, qid, s))
+            for name in adapters for qid in qids for s in range(vote.round2_samples)]
 
 
 @dataclass(frozen=True)
@@ -381,7 +370,7 @@ def revote(*, base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, ro
         path = serving_path(base_dir, settings)
         check_prompt_lengths(base_dir, {"test": [by_id[q] for q in qids], "dev": [by_id[q] for q in dev_qids]}, settings.max_model_len)
         prints = _adapter_fingerprints(base_dir, adapters, path)
-        asks = round2_asks(adapters, prints, by_id, [*qids, *dev_qids], vote_settings)
+        asks = round2_asks(adapters, prints, by_id, [*qids, *dev_qids], VoteSettings(**vote_settings))
         answers = _serve_and_ask(base_dir, adapters, asks, cache_path, settings, path, ClientSettings(**client), server_log, "revote")
     samples: dict[str, dict[str, list[str]]] = {name: {} for name in adapters}
     for ask in asks:

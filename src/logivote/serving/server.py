@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +50,11 @@ class ServerError(RuntimeError):
     """The server did not start, or died; the message starts with the cause found in its log (:func:`failure_message`)."""
 
 
-@dataclass
-class ServerSpec:
-    """How to start one server: a model, its LoRA adapters (name → folder) and vLLM flags."""
+@dataclass(frozen=True, kw_only=True)
+class VllmOptions:
+    """The vLLM options config ``serve`` sets (config/README.md), said once: :class:`ServerSpec` and the workflow's
+    :class:`logivote.serving.inference.ServeSettings` both extend it."""
 
-    model: str
-    adapters: Mapping[str, str] = field(default_factory=dict)
-    served_name: str = "base"
     dtype: str = "bfloat16"
     max_model_len: int = 2048
     max_loras: int = 4
@@ -66,6 +64,19 @@ class ServerSpec:
     extra_args: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     health_timeout_s: float = 600.0
+
+    def vllm_options(self) -> dict[str, Any]:
+        """These options alone, by name (from a subclass too)."""
+        return {f.name: getattr(self, f.name) for f in fields(VllmOptions)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSpec(VllmOptions):
+    """How to start one server: a model, its LoRA adapters (name → folder) and vLLM's options."""
+
+    model: str
+    adapters: Mapping[str, str] = field(default_factory=dict)
+    served_name: str = "base"
     command: Sequence[str] | None = None  # replaces "python -m vllm..." (tests use a stand-in)
 
     def argv(self, port: int) -> list[str]:
