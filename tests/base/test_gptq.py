@@ -74,10 +74,11 @@ def test_quantized_logits_stay_close_to_the_float_models(gptq: dict[str, Path]) 
             ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
             a, b = reference(input_ids=ids).logits[0], quantized(input_ids=ids).logits[0]
             diff = float((a - b).abs().mean())
-            assert 0 < diff < 0.2 * float(a.abs().mean()), "quantization is either not there or far off"
-            assert float((a.argmax(-1) == b.argmax(-1)).float().mean()) > 0.95
+            # measured on the tiny base (2026-12-07, AMD EPYC): 4.5-5.0 % mean error, 99.2 % top-1 agreement per text
+            assert 0 < diff < 0.08 * float(a.abs().mean()), "quantization is either not there or far off"
+            assert float((a.argmax(-1) == b.argmax(-1)).float().mean()) > 0.98
     logged = json.loads((gptq["base"] / "logivote_quant.json").read_text())["logits_vs_float"]
-    assert logged["top1_agreement"] > 0.95 and 0 < logged["mean_abs_logit_diff"] < 0.2 * logged["mean_abs_logit_float"]
+    assert logged["top1_agreement"] > 0.98 and 0 < logged["mean_abs_logit_diff"] < 0.08 * logged["mean_abs_logit_float"]
 
 
 def test_the_dequantized_checkpoint_is_the_int4_model_in_float_weights_and_takes_its_adapters(
@@ -127,6 +128,7 @@ def test_the_dequantized_checkpoint_is_the_int4_model_in_float_weights_and_takes
 LORA_STEPS = textwrap.dedent("""
     import json, sys, torch
     from peft import LoraConfig, get_peft_model
+    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
     from transformers import AutoTokenizer
     from logivote.data.flatten import read_questions
     from logivote.data.prompt import encode_example
@@ -151,7 +153,8 @@ LORA_STEPS = textwrap.dedent("""
     after = model.state_dict()
     changed = sorted(k for k in after if not torch.equal(after[k], before[k]))
     print(json.dumps({"changed": changed, "all": sorted(after), "lora_B_grads": grads, "memory": base_memory(model),
-                      "kernels": sorted({type(m).__name__ for m in model.modules() if hasattr(m, "qweight")})}))
+                      "kernels": sorted({type(m).__name__ for m in model.modules() if hasattr(m, "qweight")}),
+                      "gptq_kernels": [isinstance(m, BaseQuantLinear) for m in model.modules() if hasattr(m, "qweight")]}))
 """)
 
 
@@ -163,7 +166,8 @@ def test_lora_steps_over_the_int4_base_change_only_lora_weights(gptq: dict[str, 
     assert len(lora) == 2 * 2 * len(TARGETS)  # A and B, 2 layers, 7 targets
     assert result["changed"] == lora, "something other than LoRA changed, or a LoRA weight did not"
     assert all(g > 0 for g in result["lora_B_grads"].values()), result["lora_B_grads"]
-    assert result["kernels"] and all("Lora" in k or "Linear" in k for k in result["kernels"])
+    # every int4 layer runs one of gptqmodel's quantized kernels (TorchAtenLinear on CPU here), not a float layer
+    assert len(result["gptq_kernels"]) == 2 * len(TARGETS) and all(result["gptq_kernels"]), result["kernels"]
     assert result["memory"]["by_dtype"].get("int32", 0) > 0  # the frozen base is packed int4, not dequantized
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,20 @@ def test_a_full_disk_names_itself_and_leaves_nothing_that_looks_done(tmp_path: P
             (tmp / "adapter_model.safetensors").write_bytes(b"half")
             no_space()  # a writer inside the folder runs out of space
     assert list(folder.parent.iterdir()) == []
+
+
+def test_atomic_writers_give_results_the_modes_of_a_plain_write(tmp_path: Path) -> None:
+    """mkstemp/mkdtemp make 0600/0700; a results file or folder gets what open()/mkdir() would (umask applied)."""
+    import stat
+
+    from logivote.data import jsonl
+
+    old = os.umask(0o027)
+    try:
+        jsonl.atomic_write_text(tmp_path / "a.txt", "x")
+        with jsonl.atomic_directory(tmp_path / "folder") as tmp:
+            (tmp / "f").write_text("y")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o750

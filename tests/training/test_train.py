@@ -151,7 +151,8 @@ def test_float32_training_in_one_job_stays_close_to_training_alone(tiny: dict[st
     train_adapters(tiny["base"], bags, {k: tmp_path / "k2" / str(k) for k in bags}, tmp_path / "ckpt2", settings)
     for k, bag in bags.items():
         train_adapters(tiny["base"], {k: bag}, {k: tmp_path / "k1" / str(k)}, tmp_path / f"ckpt1-{k}", settings)
-        assert_same_adapters(tmp_path / "k1" / str(k), tmp_path / "k2" / str(k), atol=1e-3)  # see EXACT
+        # measured: 1.0e-5 at most (AMD EPYC, AVX-512), 5.5e-5 on another machine: 1e-4 leaves twice the larger
+        assert_same_adapters(tmp_path / "k1" / str(k), tmp_path / "k2" / str(k), atol=1e-4)  # see EXACT
 
 
 def test_rows_of_a_stream_get_their_own_gradients(tiny: dict[str, Path]) -> None:

@@ -78,6 +78,17 @@ def _disk_full(err: OSError, target: Path) -> DiskFull | None:
                                f"{free}). Nothing was left under that name: free some space and run again")
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` sets it, racing other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def dumps(record: dict[str, Any]) -> str:
     """The one JSONL serialisation used for every results file (stable, UTF-8)."""
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
@@ -89,6 +100,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the user's group
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
             handle.flush()
@@ -135,6 +147,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        tmp.chmod(0o777 & ~_umask())  # as a plain mkdir would make it, not mkdtemp's 0700
         yield tmp
         if target.exists():
             shutil.rmtree(target)
