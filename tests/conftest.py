@@ -100,6 +100,13 @@ class LocalRun:
     submission: bytes | None  # read at once: later tests may remove results from workdir
 
 
+def copy_of_run(run: LocalRun, dest: Path) -> Path:
+    """A copy of a finished run's folder (results, logs, Snakemake's metadata) to change without touching the shared one."""
+    assert run.result.returncode == 0, (run.result.stdout + run.result.stderr)[-3000:]
+    shutil.copytree(run.workdir, dest, symlinks=True, ignore=shutil.ignore_patterns("locks"))
+    return dest
+
+
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory: pytest.TempPathFactory) -> LocalRun:
     """One local run of the whole embedded default, shared by the end-to-end and the SLURM tests."""

@@ -12,6 +12,8 @@ Timeout), which a client must retry; MODE ``hang`` holds every request's first t
 client's shorter timeout). Every try's arrival time is kept per request (``State.arrivals``), to see the backoff.
 MODE ``reject`` is a broken adapter: requests for a model ending in "R" get HTTP 400 at once (vLLM's answer to an
 unknown model), every other request takes 60 s (in flight while the phase should stop).
+MODE ``engine`` starts a child process that sleeps, as vLLM's API server starts its engine core, and prints its pid
+(``engine pid N``).
 Like vLLM, with ``VLLM_API_KEY`` in its environment it answers /v1/* only to ``Authorization: Bearer <key>``
 (401 otherwise); /health stays open.
 """
@@ -119,5 +121,10 @@ def serve(port: int = 0, mode: str = "ok") -> ThreadingHTTPServer:
 
 if __name__ == "__main__":
     print("fake server starting", flush=True)
+    if sys.argv[2:3] == ["engine"]:
+        import subprocess
+
+        engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        print(f"engine pid {engine.pid}", flush=True)
     srv = serve(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "ok")
     threading.Event().wait()

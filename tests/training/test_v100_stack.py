@@ -2,8 +2,8 @@
 
 A V100 needs torch 2.8.0 (docs/gpus.md), and at torch 2.8.0 gptqmodel 7.6.0 does not even import
 (it needs torchao >= 0.18, which imports a torch 2.9 name), so the extra pins gptqmodel 7.5.0 with torchao
-0.16.0. This test builds that second environment (a venv with the extra, from the package index: PyPI's torch
-2.8.0, whose CPU code paths are what these tests use) and runs the tests of the training step, the GPTQ-Int4
+0.16.0. This test builds that second environment (a venv with the extra, installed by ``setup.sh`` from the package
+index: PyPI's torch 2.8.0, whose CPU code paths are what these tests use) and runs the tests of the training step, the GPTQ-Int4
 path and the learning guard in it, as CI's second environment. It fails if any of them fails or none ran.
 """
 
@@ -35,8 +35,9 @@ def test_training_gptq_and_learning_tests_pass_under_the_v100_extra(tmp_path: Pa
     python = str(venv / "bin" / "python")
     env = {**os.environ, "VIRTUAL_ENV": str(venv), "BUILD_CUDA_EXT": "0"}  # gptqmodel's sdist: no CUDA kernels to build here
     env.pop("PYTHONPATH", None)
-    install = subprocess.run([python, "-m", "pip", "install", "-q", "-e", f"{REPO}[gpu-v100-train]", "pytest"],
-                             env=env, capture_output=True, text=True)
+    # the README's set-up command, with the V100 extra (and pytest's) into this venv: uv, as the set-up installs
+    install = subprocess.run(["bash", str(REPO / "setup.sh")], env={**env, "PYTHON": python, "LOGIVOTE_EXTRAS": "gpu-v100-train,test"},
+                             capture_output=True, text=True)
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
     versions = subprocess.run([python, "-c", "import torch, gptqmodel, torchao, logivote; "
                                "print(torch.__version__.split('+')[0], gptqmodel.__version__, torchao.__version__, logivote.__file__)"],

@@ -4,8 +4,8 @@
 process group of its own (so its engine processes can be stopped with it),
 waits for ``GET /health`` up to a timeout, and always stops the whole group on
 the way out: on success, on an exception in the block, on SIGTERM/SIGINT
-(Snakemake's Ctrl-C), and — through ``PR_SET_PDEATHSIG`` — when the process
-that started it is killed outright. If the server never becomes healthy or
+(Snakemake's Ctrl-C), and — through its :mod:`~logivote.serving.guard`, the group's leader — when the
+process that started it is killed outright. If the server never becomes healthy or
 dies, the error starts with the engine's own exception from its log (:func:`failure_summary`), then
 the log's path (or, where the log names no exception, its tail).
 
@@ -18,7 +18,6 @@ process's environment) and the client through :attr:`api_key`; it is written to 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import re
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from logivote.serving import guard
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +102,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    os.setsid()
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def log_tail(path: str | os.PathLike[str], lines: int = 40) -> str:
@@ -200,8 +195,9 @@ class VllmServer:
         with open(self.log_path, "wb") as out:
             out.write(("$ " + " ".join(argv) + "\n").encode())
             out.flush()
-            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=env, preexec_fn=_die_with_parent)
+            env[guard.PARENT_VAR] = str(os.getpid())
+            self.process = subprocess.Popen([sys.executable, "-m", guard.__name__, *argv], stdout=out, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         log.info("started vLLM server pid %d on %s (log: %s)", self.process.pid, self.url, self.log_path)
         self.wait_healthy()
 
@@ -230,7 +226,7 @@ class VllmServer:
         """Stop the server's whole process group: SIGTERM, then SIGKILL after ``grace_s``."""
         if self.process is None:
             return
-        pgid = self.process.pid  # setsid made the server its group's leader
+        pgid = self.process.pid  # the guard leads a session and group of its own
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGTERM)
         try:
