@@ -34,13 +34,14 @@ pip_setting() {
 if [ "${LOGIVOTE_INSTALLER:-uv}" = uv ] && "$PYTHON" -m pip install -q 'uv>=0.9,<1'; then
   UV=("$PYTHON" -m uv)
   cert=$(pip_setting cert | head -1); [ -n "$cert" ] && export SSL_CERT_FILE="$cert"
-  args=(--python "$PYTHON" --index-strategy unsafe-best-match --compile-bytecode)  # pip's: best version over all indexes
+  exe=$("$PYTHON" -c 'import sys; print(sys.executable)')  # uv reads a bare name as a virtual environment's: give a path
+  args=(--python "$exe" --index-strategy unsafe-best-match --compile-bytecode)  # pip's: best version over all indexes
   url=$(pip_setting index-url | head -1); [ -n "$url" ] && args+=(--default-index "$url")
   while read -r v; do args+=(--extra-index-url "$v"); done < <(pip_setting extra-index-url)
   while read -r v; do args+=(--find-links "$v"); done < <(pip_setting find-links)
   while read -r v; do args+=(--constraint "$v"); done < <(pip_setting constraint)
   "${UV[@]}" pip install "${args[@]}" -e "$EXTRAS"
-  uninstall=("${UV[@]}" pip uninstall --python "$PYTHON")
+  uninstall=("${UV[@]}" pip uninstall --python "$exe")
 else
   "$PYTHON" -m pip install -e "$EXTRAS"
   uninstall=("$PYTHON" -m pip uninstall -y)

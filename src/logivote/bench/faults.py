@@ -76,8 +76,8 @@ TARGETS = (
     Target("serving_record", "serving_record", 0.1),
     Target("vote", "vote", 0.1),
     Target("revote", "revote", 3),
-    Target("evaluate", "evaluate", 1),
     Target("submission", "submission", 0.1),
+    Target("evaluate", "evaluate", 1),
     Target("plots", "plots", 1.5),
 )
 
