@@ -78,7 +78,7 @@ TARGETS = (
     Target("revote", "revote", 3),
     Target("submission", "submission", 0.1),
     Target("evaluate", "evaluate", 1),
-    Target("plots", "plots", 1.5),
+    Target("plots", "plots", 0.5),
 )
 
 # What an undisturbed run and a killed-and-rerun one must have byte for byte (relative to results/)
