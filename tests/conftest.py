@@ -98,6 +98,7 @@ class LocalRun:
     workdir: Path
     result: subprocess.CompletedProcess[str]
     submission: bytes | None  # read at once: later tests may remove results from workdir
+    final: dict[str, bytes]  # every final file (logivote.bench.faults.final_files), read at once: the AVX2 test reserves it
 
 
 def copy_of_run(run: LocalRun, dest: Path) -> Path:
@@ -116,4 +117,6 @@ def default_run(tmp_path_factory: pytest.TempPathFactory) -> LocalRun:
     print(f"local run of the embedded default: {time.monotonic() - started:.0f} s")  # beside the SLURM run's figure
     note_serving(dest, f"default run ({time.monotonic() - started:.0f} s)")
     submission = dest / "results" / "submission.jsonl"
-    return LocalRun(dest, result, submission.read_bytes() if submission.exists() else None)
+    from logivote.bench.faults import final_files
+
+    return LocalRun(dest, result, submission.read_bytes() if submission.exists() else None, final_files(dest / "results"))
