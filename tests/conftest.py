@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 
+from logivote.bench import faults
+from logivote.serving.guard import processes
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -23,9 +26,7 @@ def write_jsonl(path: Path, records: list[Any]) -> Path:
 
 def copy_workflow(dest: Path) -> Path:
     """Copy the tracked workflow, its configs, sample data, envs and test configs (no results/) to ``dest``."""
-    for name in ("workflow", "config", "resources", "envs", ".test"):
-        shutil.copytree(REPO / name, dest / name)
-    return dest
+    return faults.copy_workflow(dest, (*faults.WORKFLOW_FOLDERS, ".test"))
 
 
 @pytest.fixture
@@ -53,15 +54,7 @@ def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]
 
 
 def processes_in_group(pgid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
+    return [pid for pid, (_, group) in processes().items() if group == pgid]
 
 
 def server_pids(workdir: Path, log: str = "predict/0") -> list[int]:
@@ -98,7 +91,7 @@ class LocalRun:
     workdir: Path
     result: subprocess.CompletedProcess[str]
     submission: bytes | None  # read at once: later tests may remove results from workdir
-    final: dict[str, bytes]  # every final file (logivote.bench.faults.final_files), read at once: the AVX2 test reserves it
+    final: dict[str, bytes]  # every final file (logivote.bench.faults.final_files), read at once: the AVX2 test rewrites the folder
 
 
 def copy_of_run(run: LocalRun, dest: Path) -> Path:
@@ -117,6 +110,4 @@ def default_run(tmp_path_factory: pytest.TempPathFactory) -> LocalRun:
     print(f"local run of the embedded default: {time.monotonic() - started:.0f} s")  # beside the SLURM run's figure
     note_serving(dest, f"default run ({time.monotonic() - started:.0f} s)")
     submission = dest / "results" / "submission.jsonl"
-    from logivote.bench.faults import final_files
-
-    return LocalRun(dest, result, submission.read_bytes() if submission.exists() else None, final_files(dest / "results"))
+    return LocalRun(dest, result, submission.read_bytes() if submission.exists() else None, faults.final_files(dest / "results"))

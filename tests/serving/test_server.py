@@ -12,18 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from logivote.serving.guard import processes
 from logivote.serving.server import ServerError, ServerSpec, VllmServer
 
 FAKE = str(Path(__file__).with_name("fake_openai.py"))
 
 
 def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as handle:  # a zombie is not alive
-        return handle.read().split()[2] != "Z"
+    return pid in processes()  # a zombie is not alive
 
 
 def wait_gone(pid: int, seconds: float = 15) -> bool:

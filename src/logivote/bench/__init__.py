@@ -22,3 +22,15 @@ GPU (resources/benchmarks/README.md, docs/gpus.md):
   :mod:`.fp8_train` — one config trained with bf16 and FP8 frozen GEMMs; :mod:`.fp8_serving` — ``serve.weights``
   int4 against fp8 on a trained model (or two adapter sets).
 """
+
+from typing import Any
+
+from logivote.data.jsonl import dumps
+
+
+def report(result: dict[str, Any], out: str) -> None:
+    """Print ``result`` as the benchmark's ``RESULT {json}`` line and append the JSON line to ``out``."""
+    line = dumps(result)
+    print("RESULT", line, flush=True)
+    with open(out, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")

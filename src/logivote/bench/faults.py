@@ -34,7 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from logivote.data.jsonl import dumps
+from logivote.bench import report
+from logivote.serving.guard import processes
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -86,9 +87,12 @@ FINAL_GLOBS = ("submission.jsonl", "eval/metrics.json", "eval/adapters.tsv", "ev
                "votes/*.jsonl", "predictions/*", "adapters/*/*", "eval/oob/*", "eval/dev/*")
 
 
-def copy_workflow(dest: Path) -> Path:
-    """The tracked workflow, configs, sample data and envs, without results/."""
-    for name in ("workflow", "config", "resources", "envs"):
+WORKFLOW_FOLDERS = ("workflow", "config", "resources", "envs")
+
+
+def copy_workflow(dest: Path, folders: Sequence[str] = WORKFLOW_FOLDERS) -> Path:
+    """The tracked workflow, configs, sample data and envs (or ``folders`` of the repository), without results/."""
+    for name in folders:
         shutil.copytree(REPO / name, dest / name)
     return dest
 
@@ -96,13 +100,8 @@ def copy_workflow(dest: Path) -> Path:
 def descendants(pid: int) -> set[int]:
     """``pid`` and every live process below it (by parent pid, so processes in other sessions count too)."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    for child, (parent, _) in processes().items():
+        children.setdefault(parent, []).append(child)
     found, todo = set(), [pid]
     while todo:
         p = todo.pop()
@@ -112,15 +111,7 @@ def descendants(pid: int) -> set[int]:
 
 
 def alive(pids: set[int]) -> set[int]:
-    left = set()
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            left.add(pid)
-    return left
+    return pids & processes().keys()
 
 
 def cmdlines(pids: set[int]) -> dict[int, str]:
@@ -255,9 +246,8 @@ def final_files(results: Path) -> dict[str, bytes]:
     return {str(p.relative_to(results)): p.read_bytes() for pattern in FINAL_GLOBS for p in sorted(results.glob(pattern)) if p.is_file()}
 
 
-def differences(results: Path, reference: Path) -> list[str]:
-    """The final files that differ from (or are missing against) an undisturbed run's."""
-    got, want = final_files(results), final_files(reference)
+def differences(got: dict[str, bytes], want: dict[str, bytes]) -> list[str]:
+    """The final files (:func:`final_files`) that differ from, or are missing against, an undisturbed run's."""
     return sorted(name for name in set(got) | set(want) if got.get(name) != want.get(name))
 
 
@@ -282,14 +272,15 @@ def main(argv: list[str] | None = None) -> None:
         undisturbed = run_and_kill(reference, [], rng, args.work / "reference.log")
         assert undisturbed["rc"] == 0, f"the undisturbed run failed: {args.work / 'reference.log'}"
         reference_s, reference_asked = undisturbed["wall_s"], undisturbed["asked"]
+    want = final_files(reference / "results")
     runs: list[dict[str, Any]] = []
     for n in range(args.campaigns):
         workdir = copy_workflow(args.work / f"campaign-{n}")
         print(f"campaign {n}: {workdir}", flush=True)
         these = campaign(workdir, targets, rng, args.work / f"campaign-{n}.log")
-        diff = differences(workdir / "results", reference / "results")
+        diff = differences(final_files(workdir / "results"), want)
         runs += [{"campaign": n, **r} for r in these]
-        runs[-1].update(differing_files=diff, files_compared=len(final_files(reference / "results")))
+        runs[-1].update(differing_files=diff, files_compared=len(want))
     kills = [r for r in runs if r["killed"]]
     result = {
         "bench": "faults", "seed": args.seed, "campaigns": args.campaigns, **cpu(),
@@ -306,11 +297,7 @@ def main(argv: list[str] | None = None) -> None:
         "targets": [asdict(t) for t in targets],
         "runs": runs,
     }
-    line = dumps(result)
-    print("RESULT", line, flush=True)
-    with open(args.out, "a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
-
+    report(result, args.out)
 
 if __name__ == "__main__":
     main()

@@ -22,8 +22,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from logivote.bench import report
 from logivote.data.flatten import read_questions
-from logivote.data.jsonl import dumps, read_rows
+from logivote.data.jsonl import read_rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,10 +82,7 @@ def main(argv: list[str] | None = None) -> None:
             result[f"{weights}_mean_adapter_accuracy"] = sum(per_adapter) / len(per_adapter)
             result[f"{weights}_vote_correct"] = sum(votes[qid] == gold[qid] for qid in graded)
         result["graded_questions"] = len(graded)
-    line = dumps(result)
-    print("RESULT", line, flush=True)
-    with open(args.out, "a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from logivote.data.jsonl import dumps
+from logivote.bench import report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,10 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     result["loss_curve_mean_rel_diff"] = sum(abs(b[key] - a[key]) / abs(a[key]) for key in a) / len(a)
     last = {g: [c[max(key for key in c if key[0] == k)] for k in subsets] for g, c in curves.items()}
     result.update({f"{g}_final_loss_mean": sum(v) / len(v) for g, v in last.items()})
-    line = dumps(result)
-    print("RESULT", line, flush=True)
-    with open(args.out, "a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
+    report(result, args.out)
 
 
 if __name__ == "__main__":

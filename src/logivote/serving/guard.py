@@ -46,17 +46,23 @@ def stop_group(*_: object) -> None:
 
 def _others_in_group() -> bool:
     me, group = os.getpid(), os.getpgrp()
-    for stat in os.listdir("/proc"):
-        if not stat.isdigit() or int(stat) == me:
+    return any(pgrp == group and pid != me for pid, (_, pgrp) in processes().items())
+
+
+def processes() -> dict[int, tuple[int, int]]:
+    """Every live process (zombies left out): its pid -> (parent pid, process group), from ``/proc/<pid>/stat``."""
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{stat}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{name}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()  # the command name in (...) may hold spaces
         except OSError:
             continue
-        if fields[0] != "Z" and int(fields[2]) == group:
-            return True
-    return False
+        if fields[0] != "Z":
+            found[int(name)] = (int(fields[1]), int(fields[2]))
+    return found
 
 
 def main(argv: list[str]) -> int:
