@@ -224,25 +224,31 @@ def test_bad_input_fails_on_the_submit_host_naming_file_and_line(cluster: Cluste
 
 
 def test_scancel_is_reported_and_leaves_no_server(cluster: Cluster, slurm_run: SlurmRun) -> None:
-    """Runs last: it takes the finished run's folder and cancels a new predict job while its server is up."""
+    """Runs last: it takes the finished run's folder and cancels a new predict job while its server is up.
+
+    Only shard 0's output and answers are removed and only that output is asked for (with the submission still there,
+    Snakemake would not rerun a missing intermediate file), so shard 0's job is the only one running when it is
+    cancelled: Snakemake reports the failure as soon as SLURM does, not after the other shard's whole predict phase.
+    """
     assert slurm_run.result.returncode == 0
     workdir = slurm_run.workdir
-    for stale in ("results/predict_shards", "results/predictions", "results/cache", "results/votes", "results/eval",
-                  "results/submission.jsonl", "logs/predict"):
+    for stale in ("results/predict_shards/0", "results/cache/answers-0.jsonl", "logs/predict/0.log"):
         path = workdir / stale
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    run = subprocess.Popen([sys.executable, "-m", "snakemake", *COMMAND], cwd=workdir, env=cluster.env,
+        assert path.exists(), stale
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    run = subprocess.Popen([sys.executable, "-m", "snakemake", "results/predict_shards/0", *COMMAND], cwd=workdir, env=cluster.env,
                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         log = workdir / "logs" / "predict" / "0.log"  # shard 0's job is the one cancelled
         deadline = time.monotonic() + 600
         while not (log.exists() and "healthy after" in log.read_text()):
-            assert run.poll() is None, "snakemake ended before the server was up"
+            assert run.poll() is None, f"snakemake ended before the server was up: {run.communicate()[0][-3000:]}"
             assert time.monotonic() < deadline, "no healthy server within 600 s"
             time.sleep(0.5)
         (pid,) = server_pids(workdir)
         queue = [line.split("|") for line in cluster.run("squeue", "-h", "-o", "%i|%k|%T").splitlines()]
         (slurm_id,) = [job for job, comment, state in queue if comment == "rule_predict_wildcards_0" and state == "RUNNING"]
+        assert not [job for job, comment, _ in queue if comment.startswith("rule_predict") and job != slurm_id], queue
         cluster.run("scancel", slurm_id)
         cancelled = time.monotonic()
         output, _ = run.communicate(timeout=400)
