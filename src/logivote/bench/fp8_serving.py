@@ -17,6 +17,7 @@ FP8-trained ones).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     adapters = {int(p.name): str(p) for p in sorted(Path(args.adapters).iterdir()) if p.name.isdigit()}
     questions = read_questions(args.questions)
     gold = {q["qid"]: q.get("answer") for q in questions}
-    serve = {"dtype": args.dtype, "max_model_len": 4096, "max_loras": len(adapters), "max_lora_rank": 8, "prefix_caching": True,
+    positions = json.loads((Path(args.base) / "config.json").read_text())["max_position_embeddings"]
+    serve = {"dtype": args.dtype, "max_model_len": min(4096, positions), "max_loras": len(adapters), "max_lora_rank": 8, "prefix_caching": True,
              "block_size": 16, "extra_args": ["--gpu-memory-utilization", "0.5", "--enforce-eager"],
              "env": {"VLLM_USE_FLASHINFER_SAMPLER": "0", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"},
              "health_timeout_s": 900, "gpus": 1, "threads": 8}
