@@ -299,5 +299,6 @@ def main(argv: list[str] | None = None) -> None:
     }
     report(result, args.out)
 
+
 if __name__ == "__main__":
     main()
