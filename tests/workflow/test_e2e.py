@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from logivote.ensemble.evaluation import learning_relations
 from logivote.serving.serving_path import build_has_int4, cpu_build
 
-from ..conftest import LocalRun, copy_of_run, copy_workflow, note_serving, processes_in_group, run_snakemake, server_pids
+from ..conftest import LocalRun, copy_of_run, note_serving, processes_in_group, run_snakemake, server_pids
 
 pytestmark = pytest.mark.slow  # python -m pytest -m "not slow" leaves it out (README: Tests)
 
@@ -189,24 +190,26 @@ def test_a_dying_vllm_server_fails_predict_with_the_engines_exception_first(defa
     assert not (workdir / "results/predictions/0.jsonl").exists() and not (workdir / "results/predict_shards/0").exists()
 
 
-def test_killed_server_fails_the_rule_and_the_rerun_asks_only_what_is_missing(tmp_path: Path) -> None:
-    workdir = copy_workflow(tmp_path / "clone")
-    small = ("--configfile", ".test/small.yaml")
-
-    reference = run_snakemake(workdir, *small)
-    assert reference.returncode == 0, (reference.stdout + reference.stderr)[-5000:]
-    expected = (workdir / "results/submission.jsonl").read_bytes()
+def test_killed_server_fails_the_rule_and_the_rerun_asks_only_what_is_missing(default_run: LocalRun, tmp_path: Path) -> None:
+    """The shared default run is the reference: in a copy of it, predict runs again with its server SIGKILLed once
+    10 answers are in the cache; the rule fails saying so and leaves no engine process and no prediction behind, and
+    the rerun asks only what the cache lacks and ends with the reference's submission, byte for byte."""
+    workdir = copy_of_run(default_run, tmp_path / "run")  # the shared run stays whole for the tests that compare with it
     check_submission(workdir)
+    config = yaml.safe_load((workdir / "config/config.yaml").read_text())
     round2 = [json.loads(line) for line in (workdir / "results/votes/round2.jsonl").read_text().splitlines()]
-    assert round2, "the small config is chosen so that round 2 runs; no question went there"
-    assert all(row["n_valid"] + row["n_invalid"] == 2 * 2 for row in round2)  # 2 adapters x 2 samples each
-    n_requests = 2 * len((workdir / "results/data/test.jsonl").read_text().splitlines())  # 2 adapters x every test question
+    assert round2, "the default sends test questions to round 2 (README: What the default shows); none went there"
+    assert all(row["n_valid"] + row["n_invalid"] == config["bagging"]["n_subsets"] * config["vote"]["round2_samples"] for row in round2)
+    # every request of the predict phase's first round (test, out-of-bag and dev), as the reference run's log counts them
+    n_requests = int(re.search(r"(\d+) requests: 0 cached", (workdir / "logs/predict/0.log").read_text()).group(1))
 
     for stale in ("results/predict_shards", "results/predictions", "results/votes", "results/cache", "results/submission.jsonl"):
         path = workdir / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+    log = workdir / "logs/predict/0.log"
+    log.unlink()  # the reference run's log names its own (stopped) server: wait for this run's
 
-    run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", *small], cwd=workdir,
+    run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=workdir,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     cache = workdir / "results/cache/answers.jsonl"
     deadline = time.monotonic() + 300
@@ -222,14 +225,13 @@ def test_killed_server_fails_the_rule_and_the_rerun_asks_only_what_is_missing(tm
     assert f"vLLM server (pid {pid}) killed by signal 9" in output
     assert 10 <= answered_before < n_requests
     assert not processes_in_group(pid), "the engine process outlived the killed server"
-    assert not (workdir / "results/predictions/0.jsonl").exists()
+    assert not (workdir / "results/predictions/0.jsonl").exists() and not (workdir / "results/predict_shards/0").exists()
 
-    rerun = run_snakemake(workdir, *small)
+    rerun = run_snakemake(workdir)
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-5000:]
-    log = (workdir / "logs/predict/0.log").read_text()
-    cached, to_ask = map(int, re.search(r"(\d+) cached, (\d+) to ask", log).groups())
+    cached, to_ask = map(int, re.search(r"(\d+) cached, (\d+) to ask", log.read_text()).groups())
     assert cached == answered_before and cached + to_ask == n_requests
-    assert (workdir / "results/submission.jsonl").read_bytes() == expected
+    assert (workdir / "results/submission.jsonl").read_bytes() == default_run.submission
 
 
 def test_ctrl_c_during_predict_leaves_no_server_behind(default_run: LocalRun, tmp_path: Path) -> None:
