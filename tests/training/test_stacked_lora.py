@@ -111,3 +111,15 @@ def test_grouped_gemms_need_rows_aligned_to_16_bytes_on_cuda(monkeypatch: pytest
     assert not stacked_lora._use_grouped(cuda, torch.bfloat16, (8, 100, 1024))
     assert stacked_lora._use_grouped(cuda, torch.float32, (4, 128, 1024))
     assert stacked_lora._use_grouped(cpu, torch.bfloat16, (4, 100, 1024))
+
+
+@pytest.mark.skipif(stacked_lora._grouped_mm() is None, reason="this torch has no grouped_mm")
+def test_auto_takes_the_grouped_gemms_on_the_cpu_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 2-core default trains in float32 on the CPU: "auto" gives it the grouped GEMMs (issue 42: its training
+    jobs about 15 % faster); bf16 on the CPU was not measured and keeps the one-hot GEMMs, as "onehot" does everywhere."""
+    cpu = torch.device("cpu")
+    assert stacked_lora.LORA_GEMM == "auto"
+    assert stacked_lora._use_grouped(cpu, torch.float32, (8, 128, 256))
+    assert not stacked_lora._use_grouped(cpu, torch.bfloat16, (8, 128, 256))
+    monkeypatch.setattr(stacked_lora, "LORA_GEMM", "onehot")
+    assert not stacked_lora._use_grouped(cpu, torch.float32, (8, 128, 256))
