@@ -117,9 +117,11 @@ def check_prompt_lengths(base_dir: str, groups: Mapping[str, Sequence[Question]]
 
 def _serve_and_ask(base_dir: str, adapters: Mapping[str, str], asks: Sequence[Ask], cache_path: str,
                    serve: ServeSettings, path: ServingPath, client: ClientSettings, server_log: str, desc: str,
-                   then: Callable[[Mapping[str, Any]], Sequence[Ask]] | None = None) -> dict[str, Any]:
+                   then: Callable[[Mapping[str, Any]], Sequence[Ask]] | None = None,
+                   before_server: Callable[[], None] | None = None) -> dict[str, Any]:
     """Start the server only if something is missing from the cache; answers by ask key. ``then``: the asks that follow
-    from these answers (round 2 asked ahead), asked of the same server; their answers only go to the cache."""
+    from these answers (round 2 asked ahead), asked of the same server; their answers only go to the cache.
+    ``before_server``: run just before a server starts, and only then (a check that would fail it)."""
     asks = prefix_order(asks)
     cache = AnswerCache(cache_path)
     try:
@@ -131,6 +133,8 @@ def _serve_and_ask(base_dir: str, adapters: Mapping[str, str], asks: Sequence[As
             if all(ask.key in cache.entries for ask in follow):
                 log.info("all %d answers are cached: no server needed", len(asks) + len(follow))
                 return answers
+        if before_server is not None:
+            before_server()
         try:
             with gpu_slots(serve.gpus), served_model(base_dir, path) as model_dir, \
                     VllmServer(serve.spec(model_dir, adapters, path), server_log) as server:
@@ -368,10 +372,13 @@ def revote(*, base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, ro
     if qids or dev_qids:
         settings = ServeSettings(**serve)
         path = serving_path(base_dir, settings)
-        check_prompt_lengths(base_dir, {"test": [by_id[q] for q in qids], "dev": [by_id[q] for q in dev_qids]}, settings.max_model_len)
         prints = _adapter_fingerprints(base_dir, adapters, path)
         asks = round2_asks(adapters, prints, by_id, [*qids, *dev_qids], VoteSettings(**vote_settings))
-        answers = _serve_and_ask(base_dir, adapters, asks, cache_path, settings, path, ClientSettings(**client), server_log, "revote")
+        # with round 2 asked ahead in predict's server phase (serve.shards: 1) every answer is cached and no server
+        # starts: no prompt check then (it loads the tokenizer: about half of this rule's 5 s on 2 cores)
+        lengths = {"test": [by_id[q] for q in qids], "dev": [by_id[q] for q in dev_qids]}
+        answers = _serve_and_ask(base_dir, adapters, asks, cache_path, settings, path, ClientSettings(**client), server_log, "revote",
+                                 before_server=lambda: check_prompt_lengths(base_dir, lengths, settings.max_model_len))
     samples: dict[str, dict[str, list[str]]] = {name: {} for name in adapters}
     for ask in asks:
         samples[ask.model].setdefault(ask.question["qid"], []).append(answers[ask.key].answer)
