@@ -1,9 +1,11 @@
-"""Prompts longer than serve.max_model_len are refused before a server starts, naming the questions,
-their token counts, the group they are asked in and the key to raise."""
+"""Prompts longer than serve.max_model_len are refused before anything is asked, naming the questions, their token
+counts, the group they are asked in and the key to raise; the check runs while the server starts and stops it."""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from logivote.data.flatten import Source, flatten  # noqa: E402
 from logivote.data.prompt import prompt_lengths  # noqa: E402
 from logivote.serving.inference import PromptTooLong, check_prompt_lengths, predict  # noqa: E402
 
-from ..conftest import REPO, write_jsonl  # noqa: E402
+from ..conftest import REPO, processes_in_group, write_jsonl  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +46,13 @@ def test_short_prompts_pass_and_long_ones_are_named_with_their_lengths(base: Pat
     assert f"1 test question(s): p2#0 ({lengths['p2#0']} tokens)" in message
     assert f"1 dev question(s): p2#0 ({lengths['p2#0']} tokens)" in message
     assert "out-of-bag" not in message and "p1#0" not in message
-    assert "Raise serve.max_model_len" in message and "No server was started" in message
+    assert "Raise serve.max_model_len" in message and "Nothing was asked" in message
 
 
-def test_predict_stops_before_the_server_starts(base: Path, tmp_path: Path) -> None:
-    """The case seen by a user: one test puzzle with an 8 200-character problem in the sample test file."""
+def test_predict_stops_its_starting_server_and_asks_nothing(base: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The case seen by a user: one test puzzle with an 8 200-character problem in the sample test file. The check
+    runs while the server starts (it would fail at once here on a flag vLLM does not know): the check's error is the
+    one raised, the server's process group is gone and no prediction is written."""
     raw = [json.loads(line) for line in (REPO / "resources/data/sample_test.jsonl").read_text().splitlines()]
     raw.append({"id": "huge", "problem": "甲" * 8200, "questions": [{"question": "谁？", "options": ["甲", "乙"]}]})
     write_jsonl(tmp_path / "raw_test.jsonl", raw)
@@ -58,7 +62,10 @@ def test_predict_stops_before_the_server_starts(base: Path, tmp_path: Path) -> N
     adapter.mkdir()
     (adapter / "adapter_model.safetensors").write_bytes(b"not read")
     serve = {"max_model_len": 2048, "extra_args": ["--this-server-must-not-start"]}
-    with pytest.raises(PromptTooLong, match=r"serve\.max_model_len 2048 .*1 test question\(s\): huge#0 \(\d+ tokens\)"):
+    with caplog.at_level(logging.INFO, logger="logivote.serving"), \
+            pytest.raises(PromptTooLong, match=r"serve\.max_model_len 2048 .*1 test question\(s\): huge#0 \(\d+ tokens\)"):
         predict(str(base), {0: str(adapter)}, str(tmp_path / "test.jsonl"), {0: str(tmp_path / "pred.jsonl")},
                 str(tmp_path / "cache.jsonl"), serve, {}, str(tmp_path / "server.log"))
-    assert not (tmp_path / "server.log").exists() and not (tmp_path / "pred.jsonl").exists()
+    (pid,) = map(int, re.findall(r"started vLLM server pid (\d+)", caplog.text))
+    assert f"vLLM server pid {pid} stopped" in caplog.text and not processes_in_group(pid)
+    assert not (tmp_path / "pred.jsonl").exists() and not ((cache := tmp_path / "cache.jsonl").exists() and cache.read_text())

@@ -85,6 +85,33 @@ def test_each_server_answers_only_requests_with_its_own_key(tmp_path: Path) -> N
     assert keys[0] != keys[1]
 
 
+def test_a_check_while_starting_runs_before_the_health_wait_and_its_failure_stops_the_server(tmp_path: Path) -> None:
+    """``while_starting`` runs in the caller once the server's process is up and before it is healthy (the prompt check
+    overlaps the server's imports); its exception is the one raised, and the server's whole group is stopped."""
+    seen: list[int] = []
+
+    class Refused(ValueError):
+        pass
+
+    def check() -> None:
+        seen.append(server.process.pid)
+        assert alive(server.process.pid)
+        raise Refused("prompt too long")
+
+    spec = ServerSpec(model="m", health_timeout_s=600, command=[sys.executable, "-c", "import time; time.sleep(600)"])  # never healthy
+    server = VllmServer(spec, tmp_path / "server.log", while_starting=check)
+    started = time.monotonic()
+    with pytest.raises(Refused, match="prompt too long"):
+        with server:
+            pass
+    assert time.monotonic() - started < 10  # not the 600 s health timeout: the check's failure stopped it at once
+    (pid,) = seen
+    assert wait_gone(pid) and server.process is None
+    passed: list[bool] = []
+    with VllmServer(fake_spec(health_timeout_s=30), tmp_path / "ok.log", while_starting=lambda: passed.append(True)) as ok:
+        assert passed == [True] and ok.process is not None
+
+
 def test_never_healthy_fails_within_the_timeout_with_the_log_tail(tmp_path: Path) -> None:
     spec = ServerSpec(model="m", health_timeout_s=3, command=[sys.executable, "-c", "import time; print('still booting', flush=True); time.sleep(600)"])
     server = VllmServer(spec, tmp_path / "server.log")

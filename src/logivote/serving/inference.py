@@ -94,7 +94,8 @@ class PromptTooLong(ValueError):
 
 def check_prompt_lengths(base_dir: str, groups: Mapping[str, Sequence[Question]], max_model_len: int, reply_tokens: int = 1) -> None:
     """Every prompt plus its reply must fit the server's context; say which do not, by group (test, dev,
-    out-of-bag), with their token counts and the key to raise, before a server is started for nothing."""
+    out-of-bag), with their token counts and the key to raise, before anything is asked. The rules run it while their
+    server starts (:func:`_serve_and_ask`): a failure stops that server within seconds of its start."""
     from transformers import AutoTokenizer
 
     from ..data.prompt import prompt_lengths
@@ -112,16 +113,18 @@ def check_prompt_lengths(base_dir: str, groups: Mapping[str, Sequence[Question]]
         raise PromptTooLong(
             f"prompts longer than serve.max_model_len {max_model_len} allows ({reply_tokens} token(s) kept for the answer): "
             + "; ".join(problems) + ". Raise serve.max_model_len in your config (up to the base model's "
-            "max_position_embeddings), or shorten or remove these questions. No server was started.")
+            "max_position_embeddings), or shorten or remove these questions. Nothing was asked.")
 
 
 def _serve_and_ask(base_dir: str, adapters: Mapping[str, str], asks: Sequence[Ask], cache_path: str,
                    serve: ServeSettings, path: ServingPath, client: ClientSettings, server_log: str, desc: str,
                    then: Callable[[Mapping[str, Any]], Sequence[Ask]] | None = None,
-                   before_server: Callable[[], None] | None = None) -> dict[str, Any]:
+                   check: Callable[[], None] | None = None) -> dict[str, Any]:
     """Start the server only if something is missing from the cache; answers by ask key. ``then``: the asks that follow
     from these answers (round 2 asked ahead), asked of the same server; their answers only go to the cache.
-    ``before_server``: run just before a server starts, and only then (a check that would fail it)."""
+    ``check``: run only where a server starts, while it starts (``VllmServer``'s ``while_starting``: on a 2-core machine
+    the prompt check's tokenizer load took 3 s on the critical path before the server's start); raising, it stops the
+    server and nothing is asked."""
     asks = prefix_order(asks)
     cache = AnswerCache(cache_path)
     try:
@@ -133,11 +136,9 @@ def _serve_and_ask(base_dir: str, adapters: Mapping[str, str], asks: Sequence[As
             if all(ask.key in cache.entries for ask in follow):
                 log.info("all %d answers are cached: no server needed", len(asks) + len(follow))
                 return answers
-        if before_server is not None:
-            before_server()
         try:
             with gpu_slots(serve.gpus), served_model(base_dir, path) as model_dir, \
-                    VllmServer(serve.spec(model_dir, adapters, path), server_log) as server:
+                    VllmServer(serve.spec(model_dir, adapters, path), server_log, while_starting=check) as server:
                 if answers is None:
                     answers = ask_all(server.url, asks, cache, client, alive=server.check_alive, desc=desc, api_key=server.api_key)
                 if then is not None:
@@ -220,8 +221,8 @@ def predict(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, out_
         log.info("evaluation: %d out-of-bag and %d dev requests in the same server phase",
                  sum(map(len, oob_asks.values())), sum(map(len, dev_asks.values())))
     everything = [a for group in (asks, oob_asks, dev_asks) for per in group.values() for a in per]
-    check_prompt_lengths(base_dir, {"test": questions, "out-of-bag": [a.question for per in oob_asks.values() for a in per],
-                                    "dev": [a.question for per in dev_asks.values() for a in per]}, settings.max_model_len)
+    lengths = {"test": questions, "out-of-bag": [a.question for per in oob_asks.values() for a in per],
+               "dev": [a.question for per in dev_asks.values() for a in per]}
     then = None
     if round2 is not None:
         def then(answers: Mapping[str, Any]) -> list[Ask]:
@@ -236,7 +237,7 @@ def predict(base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, out_
             return round2_asks(adapters, prints, by_id, [*qids, *dev_qids], VoteSettings(**round2))
 
     answers = _serve_and_ask(base_dir, adapters, everything, cache_path, settings, path, ClientSettings(**client), server_log,
-                             "predict", then)
+                             "predict", then, check=lambda: check_prompt_lengths(base_dir, lengths, settings.max_model_len))
     if evaluation is not None:
         for k in adapter_dirs:
             _write_eval(evaluation.oob_out[k], oob_asks[k], answers)
@@ -378,7 +379,7 @@ def revote(*, base_dir: str, adapter_dirs: Mapping[int, str], test_path: str, ro
         # starts: no prompt check then (it loads the tokenizer: measured, the rule took 4.8 s with it and 1.6 s without)
         lengths = {"test": [by_id[q] for q in qids], "dev": [by_id[q] for q in dev_qids]}
         answers = _serve_and_ask(base_dir, adapters, asks, cache_path, settings, path, ClientSettings(**client), server_log, "revote",
-                                 before_server=lambda: check_prompt_lengths(base_dir, lengths, settings.max_model_len))
+                                 check=lambda: check_prompt_lengths(base_dir, lengths, settings.max_model_len))
     samples: dict[str, dict[str, list[str]]] = {name: {} for name in adapters}
     for ask in asks:
         samples[ask.model].setdefault(ask.question["qid"], []).append(answers[ask.key].answer)

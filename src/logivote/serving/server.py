@@ -7,7 +7,9 @@ the way out: on success, on an exception in the block, on SIGTERM/SIGINT
 (Snakemake's Ctrl-C), and — through its :mod:`~logivote.serving.guard`, the group's leader — when the
 process that started it is killed outright. If the server never becomes healthy or
 dies, the error starts with the engine's own exception from its log (:func:`failure_summary`), then
-the log's path (or, where the log names no exception, its tail).
+the log's path (or, where the log names no exception, its tail). ``while_starting``: a check of the caller's that
+runs in the caller's process while the server starts (its imports keep one core busy for tens of seconds); if it
+raises, the server is stopped at once and its exception is the one raised.
 
 Each server gets a fresh random API key (:attr:`VllmServer.api_key`): on a shared machine or a SLURM
 node every other user could otherwise query it on 127.0.0.1 and read the adapters' answers. The key
@@ -27,7 +29,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -156,9 +158,10 @@ def failure_message(what: str, path: str | os.PathLike[str]) -> str:
 class VllmServer:
     """``with VllmServer(spec, log_path) as server: server.url`` — see the module docstring."""
 
-    def __init__(self, spec: ServerSpec, log_path: str | os.PathLike[str]) -> None:
+    def __init__(self, spec: ServerSpec, log_path: str | os.PathLike[str], while_starting: Callable[[], None] | None = None) -> None:
         self.spec = spec
         self.log_path = Path(log_path)
+        self.while_starting = while_starting
         self.port = 0
         self.api_key = ""  # set by start(): the key a request to /v1/* must carry (Authorization: Bearer)
         self.process: subprocess.Popen[bytes] | None = None
@@ -199,6 +202,8 @@ class VllmServer:
             self.process = subprocess.Popen([sys.executable, "-m", guard.__name__, *argv], stdout=out, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         log.info("started vLLM server pid %d on %s (log: %s)", self.process.pid, self.url, self.log_path)
+        if self.while_starting is not None:
+            self.while_starting()  # raising: __enter__ stops the server
         self.wait_healthy()
 
     def wait_healthy(self) -> None:
