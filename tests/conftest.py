@@ -35,6 +35,20 @@ def workflow_copy(tmp_path: Path) -> Path:
     return copy_workflow(tmp_path / "clone")
 
 
+# What the predict phase makes and everything downstream of it. A test that reruns predict in a finished run's folder
+# removes them all: with the submission still there, Snakemake would not rerun predict for its missing outputs alone.
+PREDICT_AND_AFTER = ("results/predict_shards", "results/predictions", "results/cache", "results/votes", "results/eval",
+                     "results/submission.jsonl")
+
+
+def remove(workdir: Path, *paths: str, must_exist: bool = False) -> None:
+    """Remove these files and folders (relative to ``workdir``) of a run; ``must_exist``: each of them must be there."""
+    for name in paths:
+        path = workdir / name
+        assert path.exists() or not must_exist, f"{name} is not in {workdir}"
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 # A whole default run took 165-240 s warm and 328-397 s cold on 2 cores (AVX-512 and AVX2 machines, issue 42); the cap
 # leaves a slower machine three times the slowest, and says so when it is hit rather than timing out in silence.
 RUN_CAP_S = float(os.environ.get("LOGIVOTE_RUN_CAP_S", "1200"))

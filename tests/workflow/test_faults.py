@@ -22,7 +22,7 @@ import pytest
 
 from logivote.bench.faults import TARGETS, campaign, descendants, differences, final_files, rule_processes
 
-from ..conftest import LocalRun, copy_of_run, run_snakemake
+from ..conftest import PREDICT_AND_AFTER, LocalRun, copy_of_run, remove, run_snakemake
 
 pytestmark = pytest.mark.slow  # python -m pytest -m "not slow" leaves it out (README: Tests)
 
@@ -94,10 +94,7 @@ def test_the_workflow_killed_in_predict_vote_revote_and_submission_ends_byte_ide
     whole group in vote, revote and submission; each rerun is killed at the next, the last runs to the end (the
     benchmark covers every rule)."""
     workdir = copy_of_run(default_run, tmp_path / "run")
-    for stale in ("results/predict_shards", "results/predictions", "results/cache", "results/votes", "results/eval",
-                  "results/submission.jsonl"):
-        path = workdir / stale
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    remove(workdir, *PREDICT_AND_AFTER)
     # spans cut to 5 s in predict and to none in the short rules, so that each kill falls inside its rule on any
     # machine (the benchmark draws over the rules' whole length)
     names = ("predict: client asking", "predict: vLLM server killed", "vote", "revote", "submission")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import REPO, LocalRun, copy_workflow, note_serving, processes_in_group, server_pids
+from ..conftest import REPO, LocalRun, copy_workflow, note_serving, processes_in_group, remove, server_pids
 
 pytestmark = pytest.mark.slow  # python -m pytest -m "not slow" leaves it out (README: Tests)
 
@@ -232,10 +232,7 @@ def test_scancel_is_reported_and_leaves_no_server(cluster: Cluster, slurm_run: S
     """
     assert slurm_run.result.returncode == 0
     workdir = slurm_run.workdir
-    for stale in ("results/predict_shards/0", "results/cache/answers-0.jsonl", "logs/predict/0.log"):
-        path = workdir / stale
-        assert path.exists(), stale
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    remove(workdir, "results/predict_shards/0", "results/cache/answers-0.jsonl", "logs/predict/0.log", must_exist=True)
     run = subprocess.Popen([sys.executable, "-m", "snakemake", "results/predict_shards/0", *COMMAND], cwd=workdir, env=cluster.env,
                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
