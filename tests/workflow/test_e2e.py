@@ -18,7 +18,7 @@ import yaml
 from logivote.ensemble.evaluation import learning_relations
 from logivote.serving.serving_path import build_has_int4, cpu_build
 
-from ..conftest import PREDICT_AND_AFTER, LocalRun, copy_of_run, note_serving, processes_in_group, remove, run_snakemake, server_pids
+from ..conftest import LocalRun, copy_of_run, note_serving, processes_in_group, remove, run_snakemake, server_pids
 
 pytestmark = pytest.mark.slow  # python -m pytest -m "not slow" leaves it out (README: Tests)
 
@@ -86,6 +86,10 @@ def test_default_dag_goes_from_raw_files_to_a_submission(full_run: tuple[Path, s
     assert metrics["dev"]["questions"] == 225 and len(metrics["oob"]["per_adapter"]) == 21
     assert metrics["baselines"]["most_frequent_accuracy"] is not None
     assert metrics["test"]["questions"] == 90
+    settings = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    round2 = [json.loads(line) for line in (workdir / "results/votes/round2.jsonl").read_text().splitlines()]
+    assert round2, "the default sends test questions to round 2 (README: What the default shows); none went there"
+    assert all(row["n_valid"] + row["n_invalid"] == settings["bagging"]["n_subsets"] * settings["vote"]["round2_samples"] for row in round2)
     dry = run_snakemake(workdir, "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
@@ -116,26 +120,6 @@ def test_report_holds_every_plot_and_the_metrics_tables(full_run: tuple[Path, su
                  "adapters.tsv", "vote_size.tsv", "loss_curves.svg"):
         assert name in html, f"{name} is not in the report"
     assert "figures as optimistic" in html  # the workflow description, with its warning that OOB is optimistic
-
-
-def test_two_predict_shards_give_byte_identical_votes_metrics_and_submission(
-        full_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
-    """Issue 31: serve.shards: 2 (.test/shards2.yaml) is two predict jobs with a server each and half the adapters
-    each; asked afresh, they give the same bytes as the default's one server."""
-    workdir, result = full_run
-    assert result.returncode == 0
-    names = ("results/submission.jsonl", "results/votes/round1.jsonl", "results/votes/round2.jsonl", "results/eval/metrics.json")
-    one = {name: (workdir / name).read_bytes() for name in names}
-    remove(workdir, *PREDICT_AND_AFTER)
-    run = run_snakemake(workdir, "--configfile", ".test/shards2.yaml")
-    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
-    assert {name: (workdir / name).read_bytes() for name in names} == one
-    for shard, adapters in ((0, 11), (1, 10)):
-        log = (workdir / f"logs/predict/{shard}.log").read_text()
-        assert "healthy after" in log and re.search(rf"adapter {adapters - 1 + 11 * shard}: \d+ answers", log)
-        (pid,) = server_pids(workdir, f"predict/{shard}")
-        assert not processes_in_group(pid)
-    assert sorted(p.name for p in (workdir / "results/cache").iterdir()) == ["answers-0.jsonl", "answers-1.jsonl", "answers.jsonl"]
 
 
 def test_the_avx2_path_serves_the_same_adapters_over_the_dequantized_base_and_the_default_still_learns(
@@ -183,49 +167,6 @@ def test_a_dying_vllm_server_fails_predict_with_the_engines_exception_first(defa
     assert "nanobind" not in output
     assert not processes_in_group(int(found.group(1)))
     assert not (workdir / "results/predictions/0.jsonl").exists() and not (workdir / "results/predict_shards/0").exists()
-
-
-def test_killed_server_fails_the_rule_and_the_rerun_asks_only_what_is_missing(default_run: LocalRun, tmp_path: Path) -> None:
-    """The shared default run is the reference: in a copy of it, predict runs again with its server SIGKILLed once
-    10 answers are in the cache; the rule fails saying so and leaves no engine process and no prediction behind, and
-    the rerun asks only what the cache lacks and ends with the reference's submission, byte for byte."""
-    workdir = copy_of_run(default_run, tmp_path / "run")  # the shared run stays whole for the tests that compare with it
-    check_submission(workdir)
-    config = yaml.safe_load((workdir / "config/config.yaml").read_text())
-    round2 = [json.loads(line) for line in (workdir / "results/votes/round2.jsonl").read_text().splitlines()]
-    assert round2, "the default sends test questions to round 2 (README: What the default shows); none went there"
-    assert all(row["n_valid"] + row["n_invalid"] == config["bagging"]["n_subsets"] * config["vote"]["round2_samples"] for row in round2)
-    # every request of the predict phase's first round (test, out-of-bag and dev), as the reference run's log counts them
-    n_requests = int(re.search(r"(\d+) requests: 0 cached", (workdir / "logs/predict/0.log").read_text()).group(1))
-
-    remove(workdir, "results/predict_shards", "results/predictions", "results/votes", "results/cache", "results/submission.jsonl",
-           must_exist=True)
-    log = workdir / "logs/predict/0.log"
-    log.unlink()  # the reference run's log names its own (stopped) server: wait for this run's
-
-    run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=workdir,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    cache = workdir / "results/cache/answers.jsonl"
-    deadline = time.monotonic() + 300
-    while not (cache.exists() and len(cache.read_text().splitlines()) >= 10):
-        assert run.poll() is None, "the run ended before the server could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    (pid,) = server_pids(workdir)
-    os.kill(pid, signal.SIGKILL)
-    output, _ = run.communicate(timeout=300)
-    answered_before = len(cache.read_text().splitlines())
-    assert run.returncode != 0
-    assert f"vLLM server (pid {pid}) killed by signal 9" in output
-    assert 10 <= answered_before < n_requests
-    assert not processes_in_group(pid), "the engine process outlived the killed server"
-    assert not (workdir / "results/predictions/0.jsonl").exists() and not (workdir / "results/predict_shards/0").exists()
-
-    rerun = run_snakemake(workdir)
-    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-5000:]
-    cached, to_ask = map(int, re.search(r"(\d+) cached, (\d+) to ask", log.read_text()).groups())
-    assert cached == answered_before and cached + to_ask == n_requests
-    assert (workdir / "results/submission.jsonl").read_bytes() == default_run.submission
 
 
 def test_ctrl_c_during_predict_leaves_no_server_behind(default_run: LocalRun, tmp_path: Path) -> None:

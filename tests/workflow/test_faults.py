@@ -7,6 +7,8 @@ of it with kills, and compare the files with the undisturbed run's byte for byte
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import re
@@ -89,17 +91,46 @@ def test_a_training_job_killed_mid_epoch_resumes_to_the_same_adapters_and_a_sett
     assert "resuming from" not in log_path.read_text()
 
 
+def cached_answers(workdir: Path) -> int:
+    """The answers in the run's answer cache (every ``results/cache/answers*.jsonl``), as a rerun reads them."""
+    keys = set()
+    for cache in (workdir / "results/cache").glob("answers*.jsonl"):
+        for line in cache.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError):
+                keys.add(json.loads(line)["key"])
+    return len(keys)
+
+
+REQUESTS = re.compile(r"(\d+) requests: (\d+) cached, (\d+) to ask")
+
+
 def test_the_workflow_killed_in_predict_vote_revote_and_submission_ends_byte_identical(default_run: LocalRun, tmp_path: Path) -> None:
     """The whole Snakemake process group killed with SIGKILL while predict asks, then only its vLLM server, then the
     whole group in vote, revote and submission; each rerun is killed at the next, the last runs to the end (the
-    benchmark covers every rule)."""
+    benchmark covers every rule).
+
+    The vLLM server is killed once at least 10 answers are in (the client's progress in the rule's log): the rule
+    fails saying so, leaves no engine process and no prediction behind, and the next run asks only what the answer
+    cache lacks."""
     workdir = copy_of_run(default_run, tmp_path / "run")
+    # every request of the predict phase's first round (test, out-of-bag and dev), as the reference run's log counts them
+    n_requests = int(REQUESTS.search((workdir / "logs/predict/0.log").read_text()).group(1))
     remove(workdir, *PREDICT_AND_AFTER)
     # spans cut to 5 s in predict and to none in the short rules, so that each kill falls inside its rule on any
-    # machine (the benchmark draws over the rules' whole length)
+    # machine (the benchmark draws over the rules' whole length); the server killed once the client's progress bar
+    # shows 10 answers or more (a two-digit count)
     names = ("predict: client asking", "predict: vLLM server killed", "vote", "revote", "submission")
     targets = [replace(t, span_s=min(t.span_s, 5.0) if t.rule == "predict" else 0.0) for t in TARGETS if t.name in names]
-    runs = campaign(workdir, targets, random.Random(44), tmp_path / "runs.log")
+    targets = [replace(t, pattern=r"predict: +\d+%\|[^|]*\| *[1-9]\d+/\d+") if t.how == "server" else t for t in targets]
+    after_each: list[dict] = []
+
+    def after(record: dict, output: str) -> None:
+        predict_log = (workdir / "logs/predict/0.log").read_text(errors="replace") if (workdir / "logs/predict/0.log").exists() else ""
+        after_each.append({"server_killed": re.findall(r"vLLM server \(pid (\d+)\) killed by signal (\d+)", output),
+                           "cached": cached_answers(workdir), "first_round": REQUESTS.search(predict_log),
+                           "predictions_left": [p for p in ("results/predict_shards/0", "results/predictions/0.jsonl") if (workdir / p).exists()]})
+
+    runs = campaign(workdir, targets, random.Random(44), tmp_path / "runs.log", after)
     kills = [r for r in runs if r["killed"]]
     assert [r["target"] for r in kills if r["in_rule"]] == list(names), runs
     assert all(not r["left_alive"] for r in kills), f"processes outlived a kill: {runs}"
@@ -107,3 +138,11 @@ def test_the_workflow_killed_in_predict_vote_revote_and_submission_ends_byte_ide
     got = final_files(workdir / "results")  # against the default run as it ended (later tests change its folder)
     assert differences(got, default_run.final) == []
     assert len(got) > 100
+    # the run whose server was killed, and the next one
+    (k,) = [i for i, r in enumerate(runs) if r["target"] == "predict: vLLM server killed"]
+    killed, rerun = after_each[k], after_each[k + 1]
+    assert runs[k]["rc"] != 0 and {sig for _, sig in killed["server_killed"]} == {"9"}, (runs[k], killed)  # "vLLM server (pid N) killed by signal 9"
+    assert not killed["predictions_left"], killed
+    assert 10 <= killed["cached"] < n_requests, killed
+    total, cached, to_ask = map(int, rerun["first_round"].groups())
+    assert total == n_requests and cached == killed["cached"] and to_ask == n_requests - cached, (killed, rerun)

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from logivote.bench.faults import differences, final_files
+
 from ..conftest import REPO, LocalRun, copy_workflow, note_serving, processes_in_group, remove, server_pids
 
 pytestmark = pytest.mark.slow  # python -m pytest -m "not slow" leaves it out (README: Tests)
@@ -154,10 +156,17 @@ def test_every_job_went_through_sbatch_and_into_slurm_accounting(cluster: Cluste
     assert not re.search(r"^rule \w+:", output, re.M), "a rule that is not local ran on the submit host"
 
 
-def test_submission_is_byte_identical_to_the_local_run(slurm_run: SlurmRun, default_run: LocalRun) -> None:
+def test_every_final_file_is_byte_identical_to_the_local_runs(slurm_run: SlurmRun, default_run: LocalRun) -> None:
+    """The submission, votes, metrics, every adapter's files and every prediction (logivote.bench.faults.final_files)
+    equal the local default's, byte for byte. This is also issue 31's check of ``serve.shards: 2`` (the overlay): two
+    predict jobs with a server and half of the adapters each, then revote with a server of its own, give the same
+    bytes as the local run's one server, which asked round 2 ahead."""
     assert slurm_run.result.returncode == 0
     assert default_run.result.returncode == 0, default_run.result.stderr[-3000:]
     assert (slurm_run.workdir / "results" / "submission.jsonl").read_bytes() == default_run.submission
+    got = final_files(slurm_run.workdir / "results")
+    assert differences(got, default_run.final) == []
+    assert {"votes/round1.jsonl", "votes/round2.jsonl", "eval/metrics.json"} <= set(got) and len(got) > 100
 
 
 def test_two_training_jobs_held_different_gpus_at_the_same_time(cluster: Cluster, slurm_run: SlurmRun) -> None:
@@ -185,11 +194,15 @@ def test_vllm_server_ran_inside_its_allocation_and_stopped(cluster: Cluster, slu
     assert len(shards) == 2  # serve.shards: 2, one sbatch job each, one fake GPU each
     for predict in shards:
         assert "cpu=2" in predict["AllocTRES"] and "gres/gpu=1" in predict["AllocTRES"], predict  # serve.threads, serve.gpus
-    for shard in (0, 1):
+    for shard, adapters in ((0, 11), (1, 10)):  # consecutive adapters, 11 and 10 (logivote.serving.inference.shard_adapters)
         log = (slurm_run.workdir / "logs" / "predict" / f"{shard}.log").read_text()
         assert "healthy after" in log and re.search(r"SLURM job \d+: keeping CUDA_VISIBLE_DEVICES=\S+", log), log[-2000:]
+        assert re.search(rf"adapter {adapters - 1 + 11 * shard}: \d+ answers", log) and "round 2 asked ahead" not in log
         (pid,) = server_pids(slurm_run.workdir, f"predict/{shard}")  # exactly one server per shard (a loop would pass on none)
         assert not processes_in_group(pid), "a vLLM process outlived its SLURM job"
+    # each shard's answers in a cache of its own, and revote's (its own server: no shard held every adapter)
+    assert sorted(p.name for p in (slurm_run.workdir / "results/cache").iterdir()) == ["answers-0.jsonl", "answers-1.jsonl", "answers.jsonl"]
+    assert "healthy after" in (slurm_run.workdir / "logs" / "revote.log").read_text()
 
 
 def test_failing_job_fails_the_run_and_shows_its_rule_log(cluster: Cluster, tmp_path: Path) -> None:
@@ -224,7 +237,8 @@ def test_bad_input_fails_on_the_submit_host_naming_file_and_line(cluster: Cluste
 
 
 def test_scancel_is_reported_and_leaves_no_server(cluster: Cluster, slurm_run: SlurmRun) -> None:
-    """Runs last: it takes the finished run's folder and cancels a new predict job while its server is up.
+    """Runs last: it takes the finished run's folder and cancels a new predict job while its server starts (the
+    server's process and the engine's it spawns must all go; waiting for the server's health too cost CI 30-40 s).
 
     Only shard 0's output and answers are removed and only that output is asked for (with the submission still there,
     Snakemake would not rerun a missing intermediate file), so shard 0's job is the only one running when it is
@@ -238,10 +252,10 @@ def test_scancel_is_reported_and_leaves_no_server(cluster: Cluster, slurm_run: S
     try:
         log = workdir / "logs" / "predict" / "0.log"  # shard 0's job is the one cancelled
         deadline = time.monotonic() + 600
-        while not (log.exists() and "healthy after" in log.read_text()):
-            assert run.poll() is None, f"snakemake ended before the server was up: {run.communicate()[0][-3000:]}"
-            assert time.monotonic() < deadline, "no healthy server within 600 s"
-            time.sleep(0.5)
+        while not (log.exists() and "started vLLM server pid" in log.read_text()):
+            assert run.poll() is None, f"snakemake ended before the server started: {run.communicate()[0][-3000:]}"
+            assert time.monotonic() < deadline, "no server started within 600 s"
+            time.sleep(0.2)
         (pid,) = server_pids(workdir)
         queue = [line.split("|") for line in cluster.run("squeue", "-h", "-o", "%i|%k|%T").splitlines()]
         (slurm_id,) = [job for job, comment, state in queue if comment == "rule_predict_wildcards_0" and state == "RUNNING"]

@@ -29,7 +29,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -172,9 +172,11 @@ def _found(workdir: Path, target: Target, run_log: Path, offsets: dict[str, tupl
     return re.search(pattern, text, re.M) is not None
 
 
-def run_and_kill(workdir: Path, targets: Sequence[Target], rng: random.Random, run_log: Path) -> dict[str, Any]:
+def run_and_kill(workdir: Path, targets: Sequence[Target], rng: random.Random, run_log: Path,
+                 after: Callable[[dict[str, Any], str], None] | None = None) -> dict[str, Any]:
     """One run, killed with SIGKILL at the first of ``targets`` whose moment comes (the DAG's order decides which),
-    or to the end (no target, or none came). What happened, with its times."""
+    or to the end (no target, or none came). What happened, with its times. ``after``: called with that record and
+    the run's Snakemake output once the run has ended (a test looks at the folder between runs)."""
     subprocess.run([sys.executable, "-m", "snakemake", "--unlock"], cwd=workdir, capture_output=True, check=False)
     logs = [run_log] + [workdir / t.log for t in targets if t.log]
     offsets = {str(p): _mark(p) for p in logs}
@@ -216,6 +218,8 @@ def run_and_kill(workdir: Path, targets: Sequence[Target], rng: random.Random, r
     rc = proc.wait()
     record.setdefault("killed", False)
     record.update(rc=rc, wall_s=round(time.monotonic() - started, 1), asked=asked_since(workdir, began))
+    if after is not None:
+        after(record, _since(run_log, offsets))
     return record
 
 
@@ -228,13 +232,14 @@ def asked_since(workdir: Path, since: float) -> int:
     return total
 
 
-def campaign(workdir: Path, targets: Sequence[Target], rng: random.Random, run_log: Path) -> list[dict[str, Any]]:
+def campaign(workdir: Path, targets: Sequence[Target], rng: random.Random, run_log: Path,
+             after: Callable[[dict[str, Any], str], None] | None = None) -> list[dict[str, Any]]:
     """Runs from an empty ``results/``, each killed at the first target still to hit whose moment comes, until one
-    runs to the end; one record per run."""
+    runs to the end; one record per run (``after``: :func:`run_and_kill`'s)."""
     runs: list[dict[str, Any]] = []
     left = list(targets)
     while not runs or runs[-1]["killed"]:
-        runs.append(run_and_kill(workdir, left, rng, run_log))
+        runs.append(run_and_kill(workdir, left, rng, run_log, after))
         print(f"  {runs[-1]}", flush=True)
         left = [t for t in left if t.name != runs[-1]["target"]]
         if not runs[-1]["killed"] and runs[-1]["rc"] != 0:
