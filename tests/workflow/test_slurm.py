@@ -11,6 +11,7 @@ and there a missing prerequisite fails instead.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -157,15 +158,21 @@ def test_every_job_went_through_sbatch_and_into_slurm_accounting(cluster: Cluste
 
 
 def test_every_final_file_is_byte_identical_to_the_local_runs(slurm_run: SlurmRun, default_run: LocalRun) -> None:
-    """The submission, votes, metrics, every adapter's files and every prediction (logivote.bench.faults.final_files)
-    equal the local default's, byte for byte. This is also issue 31's check of ``serve.shards: 2`` (the overlay): two
-    predict jobs with a server and half of the adapters each, then revote with a server of its own, give the same
-    bytes as the local run's one server, which asked round 2 ahead."""
+    """The submission, votes, metrics, every adapter's weights and every prediction (logivote.bench.faults.final_files)
+    equal the local default's, byte for byte; the adapters' training records differ in ``train.gpus`` alone. This is
+    also issue 31's check of ``serve.shards: 2`` (the overlay): two predict jobs with a server and half of the adapters
+    each, then revote with a server of its own, give the same bytes as the local run's one server, which asked round 2
+    ahead."""
     assert slurm_run.result.returncode == 0
     assert default_run.result.returncode == 0, default_run.result.stderr[-3000:]
     assert (slurm_run.workdir / "results" / "submission.jsonl").read_bytes() == default_run.submission
     got = final_files(slurm_run.workdir / "results")
-    assert differences(got, default_run.final) == []
+    # each adapter's training record holds the settings it ran with, and the overlay gave each job a GPU: that key alone
+    records = [name for name in differences(got, default_run.final) if name.endswith("/logivote_train.json")]
+    assert differences(got, default_run.final) == records and len(records) == 21
+    for name in records:
+        slurm, local = json.loads(got[name]), json.loads(default_run.final[name])
+        assert (slurm["settings"].pop("gpus"), local["settings"].pop("gpus")) == (1, 0) and slurm == local, name
     assert {"votes/round1.jsonl", "votes/round2.jsonl", "eval/metrics.json"} <= set(got) and len(got) > 100
 
 
