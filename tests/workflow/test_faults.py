@@ -7,8 +7,6 @@ of it with kills, and compare the files with the undisturbed run's byte for byte
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import random
 import re
@@ -23,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from logivote.bench.faults import TARGETS, campaign, descendants, differences, final_files, rule_processes
+from logivote.serving.client import read_answers
 
 from ..conftest import PREDICT_AND_AFTER, LocalRun, copy_of_run, remove, run_snakemake
 
@@ -91,16 +90,7 @@ def test_a_training_job_killed_mid_epoch_resumes_to_the_same_adapters_and_a_sett
     assert "resuming from" not in log_path.read_text()
 
 
-def cached_answers(workdir: Path) -> int:
-    """The answers in the run's answer cache (every ``results/cache/answers*.jsonl``), as a rerun reads them."""
-    keys = set()
-    for cache in (workdir / "results/cache").glob("answers*.jsonl"):
-        for line in cache.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError):
-                keys.add(json.loads(line)["key"])
-    return len(keys)
-
-
+ANSWER_CACHE = "results/cache/answers.jsonl"  # workflow/rules/common.smk's; its siblings answers-*.jsonl are read with it
 REQUESTS = re.compile(r"(\d+) requests: (\d+) cached, (\d+) to ask")
 
 
@@ -125,9 +115,10 @@ def test_the_workflow_killed_in_predict_vote_revote_and_submission_ends_byte_ide
     after_each: list[dict] = []
 
     def after(record: dict, output: str) -> None:
-        predict_log = (workdir / "logs/predict/0.log").read_text(errors="replace") if (workdir / "logs/predict/0.log").exists() else ""
+        predict_log = workdir / "logs/predict/0.log"
         after_each.append({"server_killed": re.findall(r"vLLM server \(pid (\d+)\) killed by signal (\d+)", output),
-                           "cached": cached_answers(workdir), "first_round": REQUESTS.search(predict_log),
+                           "cached": len(read_answers(workdir / ANSWER_CACHE)),  # as the next run reads the cache
+                           "first_round": REQUESTS.search(predict_log.read_text(errors="replace") if predict_log.exists() else ""),
                            "predictions_left": [p for p in ("results/predict_shards/0", "results/predictions/0.jsonl") if (workdir / p).exists()]})
 
     runs = campaign(workdir, targets, random.Random(44), tmp_path / "runs.log", after)

@@ -121,6 +121,22 @@ def _ends_with_newline(path: Path) -> bool:
         return handle.read(1) == b"\n"
 
 
+def read_answers(path: str | os.PathLike[str]) -> dict[str, Answer]:
+    """Every answer in the cache ``path`` and its siblings ``answers-*.jsonl``, by ask key, as a run reads them
+    (a line cut off by a crash is skipped with a warning); nothing is written."""
+    path = Path(path)
+    entries: dict[str, Answer] = {}
+    family = {path, *path.parent.glob(f"{cache_stem(path)}-*{path.suffix}")}
+    for file in sorted(f for f in family if f.exists()):
+        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                row = json.loads(line)
+                entries[row["key"]] = Answer(row["model"], row["qid"], row["sample"], row["answer"], row["logprob"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                log.warning("%s:%d: unreadable cache line (cut off by a crash, or being written): ignored", file, number)
+    return entries
+
+
 class AnswerCache:
     """Append-only JSONL cache of answers keyed by :attr:`Ask.key` (safe across threads and crashes).
 
@@ -132,15 +148,7 @@ class AnswerCache:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self.entries: dict[str, Answer] = {}
-        family = {self.path, *self.path.parent.glob(f"{cache_stem(self.path)}-*{self.path.suffix}")}
-        for file in sorted(f for f in family if f.exists()):
-            for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-                try:
-                    row = json.loads(line)
-                    self.entries[row["key"]] = Answer(row["model"], row["qid"], row["sample"], row["answer"], row["logprob"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    log.warning("%s:%d: unreadable cache line (cut off by a crash, or being written): ignored", file, number)
+        self.entries: dict[str, Answer] = read_answers(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = open(self.path, "a", encoding="utf-8")
         if self._handle.tell() and not _ends_with_newline(self.path):
