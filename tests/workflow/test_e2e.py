@@ -17,6 +17,7 @@ import yaml
 
 from logivote.ensemble.evaluation import learning_relations
 from logivote.serving.serving_path import build_has_int4, cpu_build
+from logivote.serving.vllm_entry import BOUND_MESSAGE
 
 from ..conftest import LocalRun, copy_of_run, note_serving, processes_in_group, remove, run_snakemake, server_pids
 
@@ -69,6 +70,9 @@ def test_default_dag_goes_from_raw_files_to_a_submission(full_run: tuple[Path, s
     train_log = (workdir / "logs/train_lora/0.log").read_text()
     assert "quantized linears:" in train_log and "int32" in train_log and "11 adapters" in train_log
     server_log = (workdir / "logs/vllm/predict/0.log").read_text()
+    # serve.env's VLLM_WORKER_MULTIPROC_METHOD=fork: the engine and its worker are copies of the server's process,
+    # and the worker took the core vLLM's OpenMP variables give it, as a spawned one would (serving/vllm_entry.py)
+    assert server_log.count(BOUND_MESSAGE) == 1, server_log[-3000:]
     serving = json.loads((workdir / "results/predictions/serving.json").read_text())
     assert f"serving path: {serving['weights']} weights" in (workdir / "logs/predict/0.log").read_text()
     if build_has_int4(cpu_build()):  # an AVX-512 machine: the int4 base served by vLLM's int4 kernel
@@ -143,6 +147,7 @@ def test_the_avx2_path_serves_the_same_adapters_over_the_dequantized_base_and_th
         assert "healthy after" in log
         server_log = (workdir / "logs/vllm/predict/0.log").read_text()
         assert "CPUWNA16" not in server_log and not re.search(r"quantization=\S*gptq", server_log)
+        assert server_log.count(BOUND_MESSAGE) == 1  # forked over the AVX2 build's sitecustomize too
         (pid,) = server_pids(workdir)
         assert not processes_in_group(pid)
     check_submission(workdir)

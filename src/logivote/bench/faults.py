@@ -131,8 +131,11 @@ def rule_processes(tree: set[int], rule: str) -> list[int]:
 
 
 def server_processes(tree: set[int]) -> list[int]:
-    """The vLLM server processes of ``tree`` (not their guard)."""
-    return sorted(pid for pid, cmd in cmdlines(tree).items() if "vllm.entrypoints" in cmd and "logivote.serving.guard" not in cmd)
+    """The vLLM servers of ``tree``: each guard's child (not the guard; not the engine and worker processes the
+    server starts, which under ``fork`` have its command line too)."""
+    commands = cmdlines(tree)
+    guards = {pid for pid, cmd in commands.items() if "logivote.serving.guard" in cmd}
+    return sorted(pid for pid, (parent, _) in processes().items() if pid in commands and parent in guards)
 
 
 def snakemake(workdir: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:

@@ -40,7 +40,7 @@ from logivote.serving import guard
 
 log = logging.getLogger(__name__)
 
-VLLM_MODULE = "vllm.entrypoints.openai.api_server"
+ENTRY_MODULE = "logivote.serving.vllm_entry"  # vLLM's OpenAI server, keeping a CPU server's `fork` if asked (its docstring)
 
 # Thread-count variables that Snakemake sets from a job's `threads:`. vLLM's CPU backend binds its
 # own OpenMP threads to cores; with these set it ran 7-8x slower here (10 vs 80 answers/s), so the
@@ -83,7 +83,7 @@ class ServerSpec(VllmOptions):
     command: Sequence[str] | None = None  # replaces "python -m vllm..." (tests use a stand-in)
 
     def argv(self, port: int) -> list[str]:
-        base = list(self.command) if self.command else [sys.executable, "-m", VLLM_MODULE]
+        base = list(self.command) if self.command else [sys.executable, "-m", ENTRY_MODULE]
         args = [
             "--model", self.model, "--served-model-name", self.served_name,
             "--host", "127.0.0.1", "--port", str(port),
