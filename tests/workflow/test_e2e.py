@@ -16,6 +16,7 @@ import requests
 import yaml
 
 from logivote.ensemble.evaluation import learning_relations
+from logivote.serving import cpu_lora
 from logivote.serving.serving_path import build_has_int4, cpu_build
 from logivote.serving.vllm_entry import BOUND_MESSAGE
 
@@ -73,6 +74,7 @@ def test_default_dag_goes_from_raw_files_to_a_submission(full_run: tuple[Path, s
     # serve.env's VLLM_WORKER_MULTIPROC_METHOD=fork: the engine and its worker are copies of the server's process,
     # and the worker took the core vLLM's OpenMP variables give it, as a spawned one would (serving/vllm_entry.py)
     assert server_log.count(BOUND_MESSAGE) == 1, server_log[-3000:]
+    assert server_log.count(cpu_lora.INSTALLED_MESSAGE) == 1  # serve.env's LOGIVOTE_CPU_LORA_OPS=grouped, inherited by the fork
     serving = json.loads((workdir / "results/predictions/serving.json").read_text())
     assert f"serving path: {serving['weights']} weights" in (workdir / "logs/predict/0.log").read_text()
     if build_has_int4(cpu_build()):  # an AVX-512 machine: the int4 base served by vLLM's int4 kernel

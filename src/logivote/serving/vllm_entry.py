@@ -24,6 +24,9 @@ The server forks before it serves anything, with no Python thread but its main o
 carried into a child; vLLM makes new sockets there, as it does for its default, ``fork``, off the CPU). On a GPU
 vLLM forces ``spawn`` itself once CUDA is up; this entry point only touches the CPU platform, and only when the
 environment asks for ``fork``.
+
+With ``fork`` kept, and ``LOGIVOTE_CPU_LORA_OPS=grouped`` in the environment, it also installs
+:mod:`logivote.serving.cpu_lora`'s LoRA ops before vLLM starts: the model worker, a copy of this process, runs them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import re
 import runpy
 import sys
 from collections.abc import Mapping
+
+from . import cpu_lora
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 METHOD_VAR = "VLLM_WORKER_MULTIPROC_METHOD"
@@ -86,6 +91,11 @@ def keep_fork_on_cpu() -> None:
 def main(argv: list[str]) -> None:
     if os.environ.get(METHOD_VAR) == "fork":
         keep_fork_on_cpu()
+        if os.environ.get(cpu_lora.OPS_VAR) == "grouped":
+            cpu_lora.install()
+    elif os.environ.get(cpu_lora.OPS_VAR) == "grouped":
+        print(f"{cpu_lora.OPS_VAR}=grouped is for vLLM's CPU platform with {METHOD_VAR}=fork; here vLLM's own LoRA "
+              "ops are used", file=sys.stderr, flush=True)
     sys.argv = [VLLM_MODULE, *argv]
     runpy.run_module(VLLM_MODULE, run_name="__main__", alter_sys=True)
 
