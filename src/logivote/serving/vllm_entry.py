@@ -15,7 +15,7 @@ What ``spawn`` did that a copy needs done again: vLLM binds the model worker's O
 setting ``OMP_PLACES``, ``OMP_PROC_BIND`` and ``OMP_NUM_THREADS`` (or Intel's and GNU's own variables) just
 before it starts the worker. A fresh process's OpenMP runtime reads them when it loads; a copy's runtime was
 loaded, and read its environment, in the server's process, so a forked worker ran unbound, on both cores, and
-asked about 15 % slower. :func:`bind_like_spawn`, run in each forked child, gives the child what those variables
+asked slower (44–49 s against 39–49 s for the default's first round, docs/hardware.md). :func:`bind_like_spawn`, run in each forked child, gives the child what those variables
 say: its CPU affinity (which the OpenMP threads it starts inherit) and torch's thread count. Each thread may
 then move among the worker's cores rather than being pinned to one of them; with the one core here the two
 are the same.
