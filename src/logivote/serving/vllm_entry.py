@@ -12,13 +12,13 @@ that has imported everything (healthy after 13–15 s there).
 
 What ``spawn`` did that a copy needs done again: vLLM binds the model worker's OpenMP threads to their cores
 (``VLLM_CPU_OMP_THREADS_BIND``, one core of 2 here: the other is kept for the scheduler and the HTTP server) by
-setting ``OMP_PLACES``, ``OMP_PROC_BIND`` and ``OMP_NUM_THREADS`` (or Intel's and GNU's own variables) just
-before it starts the worker. A fresh process's OpenMP runtime reads them when it loads; a copy's runtime was
-loaded, and read its environment, in the server's process, so a forked worker ran unbound, on both cores, and
-asked slower (44–49 s against 39–49 s for the default's first round, docs/hardware.md). :func:`bind_like_spawn`, run in each forked child, gives the child what those variables
-say: its CPU affinity (which the OpenMP threads it starts inherit) and torch's thread count. Each thread may
-then move among the worker's cores rather than being pinned to one of them; with the one core here the two
-are the same.
+setting ``OMP_PLACES``, ``OMP_PROC_BIND`` and ``OMP_NUM_THREADS`` (or Intel's and GNU's own variables) just before
+it starts the worker. A fresh process's OpenMP runtime reads them when it loads; a copy's runtime was loaded, and
+read its environment, in the server's process, so a forked worker ran unbound, on both cores, and asked slower
+(44–49 s against 39–49 s for the default's first round, docs/hardware.md). :func:`bind_like_spawn`, run in each
+forked child, gives the child what those variables say: its CPU affinity (which the OpenMP threads it starts
+inherit) and torch's thread count. Each thread may then move among the worker's cores rather than being pinned to
+one of them; with the one core here the two are the same.
 
 The server forks before it serves anything, with no Python thread but its main one (ZMQ's I/O threads are not
 carried into a child; vLLM makes new sockets there, as it does for its default, ``fork``, off the CPU). On a GPU
